@@ -1,0 +1,2 @@
+"""imagenet-plus: Dataset Reinforcement for torchvision datasets."""
+__version__ = "0.1.0"
