@@ -1,0 +1,230 @@
+"""Reinforced datasets over each torchvision dataset's own on-disk format.
+
+For ImageNet, CIFAR-100, Flowers-102 and Food-101: write a miniature copy, build
+a store over it with a random-init timm teacher (``build_reinforcements``),
+then check that the teacher rerun on the replayed images reproduces the stored
+top-k, that soft targets are distributions whose top-1 is the stored top-1,
+that ``cycle`` sampling uses every augmentation once per cycle across
+DataLoader workers, and that the CPU and device paths give the same batches.
+Misalignment and bad input are in ``test_datasets_alignment.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import timm
+import timm.loss
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision import datasets as tvd
+
+from fakes.torchvision_data import make_cifar100, make_flowers102, make_food101, make_imagenet, skip_md5_checks
+from imagenet_plus.augment import create_policy
+from imagenet_plus.datasets import CIFAR100Plus, Flowers102Plus, Food101Plus, ImageNetPlus, ReinforcedDataset
+from imagenet_plus.reinforce import build_reinforcements
+from imagenet_plus.schema import PROB_CODE_SCALE
+from imagenet_plus.targets import SoftTargetCrossEntropy
+
+NUM_AUGS = 4
+SIZE = 32
+
+
+@dataclass
+class Case:
+    name: str
+    plus: type
+    root: object
+    store: object
+    model: torch.nn.Module
+    policy: object
+    num_classes: int
+    topk: int
+
+    def base(self, split="train"):
+        with skip_md5_checks():
+            if self.name == "cifar100":
+                return tvd.CIFAR100(self.root, train=split == "train")
+            return {"imagenet": tvd.ImageNet, "flowers102": tvd.Flowers102,
+                    "food101": tvd.Food101}[self.name](self.root, split=split)
+
+    def plus_train(self, **kw):
+        with skip_md5_checks():
+            return self.plus(self.root, split="train", reinforcements=self.store, **kw)
+
+
+_SPECS = {
+    # name: (writer, Plus class, policy, topk)
+    "imagenet": (lambda r: make_imagenet(r, 4, 2, 1), ImageNetPlus,
+                 lambda: create_policy("rrc+ra/re", output_size=SIZE), 3),
+    "cifar100": (lambda r: make_cifar100(r, 6, 2), CIFAR100Plus,
+                 lambda: create_policy("cifar", output_size=SIZE, geometry={"padding": 4}), 5),
+    "flowers102": (lambda r: make_flowers102(r, 15), Flowers102Plus,
+                   lambda: create_policy("rrc+ra/re", output_size=SIZE), 5),
+    "food101": (lambda r: make_food101(r, 4, 2, 1), Food101Plus,
+                lambda: create_policy("rrc+mix+ra/re", output_size=SIZE), 3),
+}
+
+
+class _Sharpened(torch.nn.Module):
+    """A random-init timm model with its logits scaled up, so its top-1 stands out as a trained teacher's does."""
+
+    def __init__(self, num_classes: int, seed: int, scale: float = 40.0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = timm.create_model("resnet10t", pretrained=False, num_classes=num_classes)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+
+def _teacher(num_classes: int, seed: int) -> torch.nn.Module:
+    return _Sharpened(num_classes, seed).eval()
+
+
+def build_case(name: str, tmp) -> Case:
+    writer, plus, make_policy, topk = _SPECS[name]
+    fake = writer(tmp / "data")
+    policy = make_policy()
+    model = _teacher(fake.num_classes, 0)
+    case = Case(name, plus, fake.root, tmp / "store", model, policy, fake.num_classes, topk)
+
+    def teacher(u8: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(policy.normalize(u8)).softmax(-1)
+
+    build_reinforcements(case.base(), case.store, policy=policy, teacher=teacher, num_classes=fake.num_classes,
+                         num_augmentations=NUM_AUGS, topk=topk, seed=7, dataset_name=name,
+                         teacher_desc={"model": "resnet10t", "init": "random"}, samples_per_shard=3,
+                         augs_per_shard=2, batch_size=8, progress=False, split="train")
+    return case
+
+
+@pytest.fixture(scope="module", params=list(_SPECS))
+def case(request, tmp_path_factory):
+    return build_case(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def test_teacher_rerun_on_replayed_images_reproduces_stored_topk(case):
+    ds = case.plus_train(p_original=0.0, seed=3)
+    r = ds.reinforced
+    store = r.store
+    seen = set()
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        for d in range(len(ds)):
+            image, target = ds[d]
+            original, j = r.choose(d)
+            assert not original
+            i = r._store_index(d)
+            seen.add(j)
+            ids, probs = store.targets(i, j)
+            assert image.dtype == torch.float32 and image.shape == (3, SIZE, SIZE)
+            with torch.no_grad():
+                rerun = case.model(image[None]).softmax(-1)[0].double().numpy()
+            top = np.argsort(-rerun, kind="stable")[:case.topk]
+            np.testing.assert_array_equal(top, ids, err_msg=f"{case.name} sample {d} aug {j}")
+            # 8-bit log codes: +-1/(2*20) nats per value, plus the renormalisation over K + 1 values.
+            keep = probs > 1e-4
+            err = np.abs(np.log(probs[keep]) - np.log(rerun[top][keep]))
+            assert err.max() <= 1.0 / PROB_CODE_SCALE + 1e-3, (case.name, d, j, err.max())
+            # Soft target: a distribution, top-1 the stored top-1, top-k mass as stored.
+            assert target.dtype == torch.float32 and target.shape == (case.num_classes,)
+            assert math.isclose(float(target.sum()), 1.0, abs_tol=1e-5)
+            assert float(target[ids[0]]) == float(target.max())  # ties: values within one 8-bit code
+            np.testing.assert_allclose(target[ids].numpy(), probs, rtol=1e-5, atol=1e-7)
+    assert len(seen) > 1
+
+
+def test_cycle_uses_every_augmentation_once_per_cycle_across_workers(case):
+    ds = ReinforcedDataset(case.base(), case.store, sampling="cycle", device="cuda", p_original=0.0, seed=11)
+    store = ds.store
+
+    class WithIndex(Dataset):
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, k):
+            return k, ds[k]
+
+    def identify(k, params, ids):
+        i = ds._store_index(k)
+        hits = [j for j in range(NUM_AUGS)
+                if all(np.array_equal(params[f].numpy(), np.asarray(v).astype(np.int64))
+                       for f, v in store.params(i, j).items())
+                and np.array_equal(ids.numpy(), store.targets(i, j)[0])]
+        assert len(hits) == 1, (k, hits)
+        return hits[0]
+
+    def run(num_workers):
+        loader = DataLoader(WithIndex(), batch_size=3, shuffle=True, num_workers=num_workers,
+                            persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
+        used = {}
+        for epoch in range(2 * NUM_AUGS):
+            ds.set_epoch(epoch)
+            for ks, batch in loader:
+                for b, k in enumerate(ks.tolist()):
+                    params = {f: v[b] for f, v in batch["params"].items()}
+                    used[(k, epoch)] = identify(k, params, batch["topk_ids"][b])
+        return used
+
+    used = run(2)
+    for k in range(len(ds)):
+        for cycle in range(2):
+            js = [used[(k, cycle * NUM_AUGS + e)] for e in range(NUM_AUGS)]
+            assert sorted(js) == list(range(NUM_AUGS)), (k, cycle, js)
+            assert js == [ds.choose(k, cycle * NUM_AUGS + e)[1] for e in range(NUM_AUGS)]
+    assert run(0) == used  # the worker count changes nothing
+
+
+def test_cpu_and_device_paths_give_the_same_batch(case):
+    kw = dict(p_original=0.3, seed=5)
+    cpu = ReinforcedDataset(case.base(), case.store, **kw)
+    dev = ReinforcedDataset(case.base(), case.store, device="cuda", **kw)
+    replay = dev.create_device_replay(device="cpu")
+    for epoch in (0, 1):
+        cpu.set_epoch(epoch)
+        dev.set_epoch(epoch)
+        order = list(range(len(cpu)))[::-1]
+        images, targets = zip(*(cpu[k] for k in order))
+        batch = default_collate([dev[k] for k in order])
+        x, t = replay(batch)
+        assert torch.equal(torch.stack(images), x), case.name
+        torch.testing.assert_close(torch.stack(targets), t, rtol=0, atol=1e-7)
+    originals = [cpu.choose(k, e)[0] for k in range(len(cpu)) for e in (0, 1)]
+    assert any(originals) and not all(originals)
+
+
+def test_original_images_get_one_hot_targets(case):
+    ds = case.plus_train(p_original=1.0, seed=2)
+    base = case.base()
+    for d in range(min(3, len(ds))):
+        image, target = ds[d]
+        assert image.shape == (3, SIZE, SIZE)
+        assert float(target.max()) == 1.0 and int(target.argmax()) == base[d][1]
+
+
+def test_soft_targets_work_with_timm_and_our_loss(case):
+    ds = case.plus_train(p_original=0.0, seed=1)
+    images, targets = default_collate([ds[k] for k in range(len(ds))])
+    logits = case.model(images)
+    ours = SoftTargetCrossEntropy()(logits, targets)
+    theirs = timm.loss.SoftTargetCrossEntropy()(logits, targets)
+    torch.testing.assert_close(ours, theirs)
+    assert torch.isfinite(ours)
+
+
+def test_evaluation_split_yields_image_and_label(case):
+    split = {"imagenet": "val", "cifar100": "test", "flowers102": "val", "food101": "test"}[case.name]
+    with skip_md5_checks():
+        ds = case.plus(case.root, split=split)
+    base = case.base(split)
+    assert len(ds) == len(base) and ds.reinforced is None
+    image, label = ds[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 224, 224)
+    assert label == base[0][1] and isinstance(label, int)
+    assert f"split={split}" in repr(ds)
