@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from fakes.store_fakes import DEFAULT_PARAM_FIELDS, random_teacher_topk, write_fake_store
 from imagenet_plus.errors import AlignmentError, FormatVersionError, IntegrityError, StoreError
 from imagenet_plus.schema import Field, decode_topk_probs, encode_topk_ids, encode_topk_probs, target_fields
-from imagenet_plus.store import (FORMAT_VERSION, Manifest, ReinforcementStore, open_store, plan_shards,  # noqa: I001
+from imagenet_plus.store import (FORMAT_VERSION, Manifest, ReinforcementStore, compute_build_id,  # noqa: I001
+                                 open_store, plan_shards,
                                  read_shard_entry, resolve_shard_shape, shard_filename, verify, write_manifest,
                                  write_shard)
 from imagenet_plus.store import write_store as write_store_
@@ -507,3 +510,104 @@ def test_close_and_threads(fake):
     store.close()
     assert all(sh is None for sh in store._open)
     np.testing.assert_array_equal(store.targets(0, 0)[0], fake.topk_ids[0, 0])
+
+
+# -- build ids -----------------------------------------------------------------------------------------
+
+def test_compute_build_id_is_canonical():
+    ident = dict(dataset="imagenet", split="train", num_samples=11, num_classes=1000, topk=5, num_augmentations=7,
+                 policy={"name": "rrc", "scale": [0.08, 1.0]}, teacher={"name": "t", "ensemble": 2}, seed=0,
+                 format_version=FORMAT_VERSION, keys_digest="ab" * 32)
+    bid = compute_build_id(**ident)
+    assert len(bid) == 16 and int(bid, 16) >= 0 and bid == bid.lower()
+    assert compute_build_id(**dict(reversed(list(ident.items())))) == bid  # key order does not matter
+    assert compute_build_id(**{**ident, "policy": {"scale": (0.08, 1.0), "name": "rrc"}}) == bid
+    assert compute_build_id(**{**ident, "seed": np.int64(0)}) == bid
+    expected = hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    assert bid == expected
+    for change in ({"seed": 1}, {"teacher": {"name": "t", "ensemble": 3}}, {"policy": {"name": "rrc"}}):
+        assert compute_build_id(**{**ident, **change}) != bid
+    with pytest.raises(StoreError, match="not JSON-able"):
+        compute_build_id(seed=object())
+    with pytest.raises(StoreError, match="not JSON-able"):
+        compute_build_id(scale=float("nan"))
+
+
+def test_read_shard_entry_checks_build_id(tmp_path):
+    e = write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id="build-aaaa")
+    with safe_open(tmp_path / e.file, "np") as f:
+        assert f.metadata()["build_id"] == "build-aaaa"
+    assert read_shard_entry(tmp_path, e.file, _fields(), build_id="build-aaaa") == e
+    assert read_shard_entry(tmp_path, e.file, _fields()) == e  # no id asked: not compared
+    with pytest.raises(IntegrityError) as info:
+        read_shard_entry(tmp_path, e.file, _fields(), build_id="build-bbbb")
+    msg = str(info.value)
+    for part in (e.file, "'build-aaaa'", "'build-bbbb'", "belongs to another build; delete it or use a fresh --out"):
+        assert part in msg
+    old = write_shard(tmp_path, 4, 8, 0, 2, _arrays(4, 2), _fields())  # written without an id
+    with safe_open(tmp_path / old.file, "np") as f:
+        assert "build_id" not in f.metadata()
+    with pytest.raises(IntegrityError, match="has no build_id.*'build-aaaa'.*fresh --out"):
+        read_shard_entry(tmp_path, old.file, _fields(), build_id="build-aaaa")
+    with pytest.raises(StoreError, match="build_id must be a non-empty string"):
+        write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id="")
+
+
+def _small_store(root, seed, build_id):
+    rng = np.random.default_rng(seed)
+    ids, probs, _ = random_teacher_topk(rng, (6, 4), 10, 3)
+    return write_store_(root, dataset="fake", split="train", num_classes=10, policy={"name": "p", "seed": seed},
+                        teacher={"name": "t"}, seed=seed, builder_version="tests",
+                        params={"crop": rng.integers(0, 65536, (6, 4, 4)).astype("<u2")}, topk_ids=ids,
+                        topk_probs=probs, labels=rng.integers(0, 10, 6), keys=[f"k{i}" for i in range(6)],
+                        hashes=rng.integers(0, 256, (6, 8), dtype=np.uint8), param_fields=_fields()[:1],
+                        samples_per_shard=3, augs_per_shard=2, build_id=build_id)
+
+
+def test_leftover_shard_of_another_build_is_rejected(tmp_path):
+    ma = _small_store(tmp_path / "a", seed=0, build_id=compute_build_id(seed=0))
+    mb = _small_store(tmp_path / "b", seed=1, build_id=compute_build_id(seed=1))
+    assert ma.build_id == compute_build_id(seed=0) != mb.build_id
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["build_id"] == ma.build_id
+    assert Manifest.load(tmp_path / "a") == ma
+    e = ma.shards[1]  # samples [0, 3) x augs [2, 4)
+    shutil.copyfile(tmp_path / "b" / e.file, tmp_path / "a" / e.file)  # same size, same name: only the id differs
+    assert (tmp_path / "a" / e.file).stat().st_size == e.bytes
+    with pytest.raises(IntegrityError, match=f"{e.file}.*{mb.build_id}.*{ma.build_id}.*another build"):
+        read_shard_entry(tmp_path / "a", e.file, ma.fields, build_id=ma.build_id)
+    store = open_store(tmp_path / "a")  # sizes match, so opening is fine ...
+    store.record(0, 0)  # ... and other shards read
+    with pytest.raises(IntegrityError, match=f"{e.file}.*{mb.build_id}.*{ma.build_id}.*another build"):
+        store.record(0, 2)  # ... but the foreign shard is refused when first opened
+    with pytest.raises(IntegrityError, match=f"{e.file}.*{mb.build_id}.*another build"):
+        store.params_batch([0, 5], [3, 0])
+    with pytest.raises(IntegrityError, match=f"{e.file}.*another build"):
+        verify(tmp_path / "a")  # the quick check, not only full
+    verify(tmp_path / "a", num_augmentations=2)  # the foreign shard is not among the first two augmentations
+    # A foreign samples file is caught too (by the reader, verify and write_manifest).
+    shutil.copyfile(tmp_path / "b" / "samples.safetensors", tmp_path / "a" / "samples.safetensors")
+    with pytest.raises(IntegrityError, match="samples.safetensors.*another build"):
+        open_store(tmp_path / "a")
+    with pytest.raises(StoreError, match="samples.safetensors.*another build"):
+        write_manifest(tmp_path / "a", ma)
+
+
+def test_stores_without_build_id_still_work(fake, tmp_path):
+    assert fake.manifest.build_id is None
+    assert "build_id" not in json.loads((fake.root / "manifest.json").read_text())  # old manifests unchanged
+    assert Manifest.load(fake.root).build_id is None
+    open_store(fake.root).record(10, 6)
+    verify(fake.root, full=True)
+    # A store without an id does not compare ids, even when its shards carry one.
+    m = _small_store(tmp_path / "a", seed=0, build_id=None)
+    mb = _small_store(tmp_path / "b", seed=1, build_id=None)
+    assert m.build_id is None and "build_id" not in m.to_json()
+    shutil.copyfile(tmp_path / "b" / m.shards[0].file, tmp_path / "a" / m.shards[0].file)
+    verify(tmp_path / "a")  # same size, no ids: only the full check (sha256) can tell
+    with pytest.raises(IntegrityError, match="sha256"):
+        verify(tmp_path / "a", full=True)
+    assert read_shard_entry(tmp_path / "a", m.shards[0].file, m.fields) == mb.shards[0]
+    d = m.to_json()
+    d["build_id"] = 5
+    with pytest.raises(StoreError, match="build_id must be a non-empty string"):
+        Manifest.from_json(d)

@@ -11,12 +11,18 @@ Layout of a store folder::
 Shards tile the (sample, augmentation) grid in blocks, so a reader of the first
 ``num_augmentations`` augmentations only needs the first augmentation blocks.
 Every file is written under a temporary name, fsync'd, hashed and renamed.
+
+A build's identity (:func:`compute_build_id` of dataset, split, sizes, policy, teacher,
+seed, format version and sample keys) is stored as ``build_id`` in the manifest and in
+every shard's ``__metadata__``; readers, :func:`verify` and
+``read_shard_entry(..., build_id=...)`` reject a shard of another build.
 """
 
 from __future__ import annotations
 
 from ._format import (DEFAULT_AUGS_PER_SHARD, FORMAT_VERSION, MANIFEST_NAME, MAX_SHARD_BYTES, SAMPLES_NAME, SHARD_DIR,
-                      FileEntry, Manifest, ShardEntry, plan_shards, resolve_shard_shape, shard_filename)
+                      FileEntry, Manifest, ShardEntry, compute_build_id, plan_shards, resolve_shard_shape,
+                      shard_filename)
 from ._reader import Record, ReinforcementStore, open_store
 from ._verify import VerifyReport, verify
 from ._writer import read_shard_entry, sha256_file, write_manifest, write_samples, write_shard, write_store
@@ -31,6 +37,7 @@ __all__ = [
     "FileEntry",
     "ShardEntry",
     "Manifest",
+    "compute_build_id",
     "plan_shards",
     "resolve_shard_shape",
     "shard_filename",

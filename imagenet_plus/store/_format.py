@@ -8,6 +8,7 @@ covering a contiguous sample range ``[s0, s1)`` and augmentation range
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -114,6 +115,10 @@ class Manifest:
         samples_file: entry of ``samples.safetensors``.
         shards: every shard, in :func:`plan_shards` order.
         extra: free-form JSON-able extras.
+        build_id: identity of the build (:func:`compute_build_id`); every shard's
+            ``__metadata__`` carries the same id, so a shard left over from another build
+            (other seed, policy, teacher, ...) is rejected. ``None`` (stores written
+            before build ids existed): not checked.
     """
 
     format_version: int = FORMAT_VERSION
@@ -133,6 +138,7 @@ class Manifest:
     samples_file: FileEntry | None = None
     shards: list[ShardEntry] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    build_id: str | None = None
 
     @property
     def param_fields(self) -> tuple[Field, ...]:
@@ -156,7 +162,7 @@ class Manifest:
         return head + [s.file for s in self.shards if s.augs[0] < limit]
 
     def to_json(self) -> dict:
-        return {
+        d = {
             "format_version": int(self.format_version),
             "dataset": self.dataset,
             "split": self.split,
@@ -175,6 +181,9 @@ class Manifest:
             "shards": [s.to_json() for s in self.shards],
             "extra": self.extra,
         }
+        if self.build_id is not None:  # absent = None, so stores without a build id keep their exact bytes
+            d["build_id"] = self.build_id
+        return d
 
     @classmethod
     def from_json(cls, d: dict, source: str = "manifest") -> "Manifest":
@@ -198,10 +207,12 @@ class Manifest:
                 samples_per_shard=int(d["samples_per_shard"]), augs_per_shard=int(d["augs_per_shard"]),
                 samples_file=None if d.get("samples_file") is None else FileEntry.from_json(d["samples_file"]),
                 shards=[ShardEntry.from_json(s) for s in d["shards"]], extra=dict(d.get("extra") or {}),
+                build_id=d.get("build_id"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise StoreError(f"{source}: malformed manifest ({type(e).__name__}: {e}); "
-                             "the file is damaged or was not written by imagenet-plus, rebuild or re-download it") from e
+                             "the file is damaged or was not written by imagenet-plus, rebuild or re-download it"
+                             ) from e
         m.validate(source)
         return m
 
@@ -210,6 +221,8 @@ class Manifest:
         def bad(msg: str) -> StoreError:
             return StoreError(f"{source}: {msg}")
 
+        if self.build_id is not None and not (isinstance(self.build_id, str) and self.build_id):
+            raise bad(f"build_id must be a non-empty string or absent, got {self.build_id!r}")
         for name in ("num_samples", "num_augmentations", "topk", "num_classes", "samples_per_shard", "augs_per_shard"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -473,6 +486,62 @@ def check_shard_metadata(path: Path, meta: dict[str, str], s0: int, s1: int, a0:
         raise StoreError(f"{path}: shard metadata covers samples [{got[0]}, {got[1]}) x augs [{got[2]}, {got[3]}), "
                          f"the manifest expects [{s0}, {s1}) x [{a0}, {a1}); the shard was renamed or belongs to "
                          "another build: delete it and re-download or rebuild it")
+
+
+def check_build_id(path: Path, meta: dict[str, str], build_id: str | None, fix: str) -> None:
+    """Raise :class:`IntegrityError` unless a file's ``__metadata__`` carries ``build_id`` (``None``: no check).
+
+    Args:
+        path: the file (named in the message).
+        meta: its parsed safetensors ``__metadata__``.
+        build_id: the id the file must carry.
+        fix: what to do about a mismatch, appended to the message.
+    """
+    if build_id is None:
+        return
+    got = meta.get("build_id")
+    if got != build_id:
+        have = "has no build_id in its metadata" if got is None else f"has build_id {got!r}"
+        raise IntegrityError(f"{path} {have}, the build's is {build_id!r}; {fix}")
+
+
+def check_build_id_arg(build_id: str | None, where: str) -> None:
+    """Reject a ``build_id`` argument that is neither ``None`` nor a non-empty string."""
+    if build_id is not None and not (isinstance(build_id, str) and build_id):
+        raise StoreError(f"{where}: build_id must be a non-empty string (compute_build_id(...)) or None, "
+                         f"got {build_id!r}")
+
+
+def compute_build_id(**identity: Any) -> str:
+    """A short, stable id of a build: the first 16 hex digits of the sha256 of its canonical JSON.
+
+    The JSON has sorted keys, no whitespace and ASCII only; tuples and lists hash alike,
+    numpy scalars as Python numbers. The builder calls it with everything that makes two
+    builds' records differ: ``dataset``, ``split``, ``num_samples``, ``num_classes``,
+    ``topk``, ``num_augmentations``, ``policy`` (``Policy.config``), ``teacher`` (its
+    description), ``seed``, ``format_version`` and a digest of the sample keys, then
+    passes the id to :func:`write_shard`, :func:`write_samples` and :class:`Manifest`.
+
+    Args:
+        **identity: JSON-able values (dicts, lists, str, int, float, bool, None).
+
+    Returns:
+        16 lowercase hex characters.
+
+    Raises:
+        StoreError: a value is not JSON-able or is a NaN/infinite float.
+
+    Example:
+        >>> compute_build_id(seed=0, dataset="imagenet") == compute_build_id(dataset="imagenet", seed=0)
+        True
+    """
+    try:
+        text = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+                          default=json_default)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"compute_build_id: the identity is not JSON-able ({e}); pass dicts, lists, strings, "
+                         "numbers, bools or None (describe objects by their config)") from e
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
 
 def json_default(o: Any) -> Any:

@@ -15,14 +15,18 @@ import numpy as np
 
 from ..errors import AlignmentError, IntegrityError, StoreError
 from ..schema import Field, PROB_CODE_SCALE, PROB_CODE_ZERO, decode_topk_ids, decode_topk_probs, id_bits
-from ._format import (MANIFEST_NAME, Manifest, ShardEntry, check_shard_metadata, check_tensors, read_header,
-                      samples_expected, shard_expected)
+from ._format import (MANIFEST_NAME, Manifest, ShardEntry, check_build_id, check_shard_metadata, check_tensors,
+                      read_header, samples_expected, shard_expected)
 
 __all__ = ["Record", "ReinforcementStore", "open_store"]
 
 # Same values as schema._CODE_VALUES, so the single-record path decodes bit-identically.
 _CODE_VALUES = np.exp(-np.arange(256, dtype=np.float64) / PROB_CODE_SCALE)
 _CODE_VALUES[PROB_CODE_ZERO] = 0.0
+
+
+_FOREIGN_FIX = ("this shard belongs to another build (the manifest's build_id differs): delete it and re-download it "
+                "or rebuild the store")
 
 
 class Record(NamedTuple):
@@ -43,13 +47,14 @@ class _Shard:
 
     __slots__ = ("s0", "a0", "cols", "params", "ids", "probs", "views", "flat")
 
-    def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...]):
+    def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...], build_id: str | None = None):
         (s0, s1), (a0, a1) = entry.samples, entry.augs
         tensors, meta, size = read_header(path)
         if size != entry.bytes:
             raise IntegrityError(f"{path}: {size} bytes, the manifest says {entry.bytes}; the file is truncated or "
                                  "from another build: delete it and re-download or rebuild it")
         check_shard_metadata(path, meta, s0, s1, a0, a1)
+        check_build_id(path, meta, build_id, _FOREIGN_FIX)
         check_tensors(path, tensors, shard_expected(fields, s0, s1, a0, a1), size)
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -150,6 +155,8 @@ class ReinforcementStore:
     def _check_samples(self):
         p = self.root / self.manifest.samples_file.file  # type: ignore[union-attr]
         tensors, meta, size = read_header(p)
+        if "build_id" in meta:  # samples files written without a build id are not compared
+            check_build_id(p, meta, self.manifest.build_id, _FOREIGN_FIX.replace("shard", "samples file"))
         kb = tensors["key_bytes"].shape[0] if "key_bytes" in tensors and len(tensors["key_bytes"].shape) == 1 else -1
         check_tensors(p, tensors, samples_expected(self._n, kb), size)
         return p, tensors
@@ -177,7 +184,7 @@ class ReinforcementStore:
             if sh is not None:  # another thread opened it meanwhile
                 return sh
             entry = self.manifest.shards[k]
-            sh = _Shard(self.root / entry.file, entry, self._fields)
+            sh = _Shard(self.root / entry.file, entry, self._fields, self.manifest.build_id)
             if len(self._order) >= self._max_open:
                 self._open[self._order.popleft()] = None
             self._open[k] = sh

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import IntegrityError, StoreError
 from ..schema import Field, decode_topk_ids, decode_topk_probs
-from ._format import (Manifest, check_shard_metadata, check_tensors, read_header, samples_expected,
+from ._format import (Manifest, check_build_id, check_shard_metadata, check_tensors, read_header, samples_expected,
                       shard_expected)
 from ._writer import sha256_file
 
@@ -87,6 +87,10 @@ def _check_shard_values(path: Path, m: Manifest, s0: int, s1: int, a0: int, a1: 
 def verify(path: str | os.PathLike, full: bool = False, *, num_augmentations: int | None = None) -> VerifyReport:
     """Check a store: manifest and schema, every shard present with its size and a matching header.
 
+    The header check includes the build id: when the manifest has a ``build_id``, every
+    checked shard's metadata must carry it (a same-size shard of another build fails
+    even without ``full``).
+
     With ``full``, also the sha256 of every shard and of the samples file, and the
     value ranges: param fields within their ``[low, high]``, class ids below
     ``num_classes``, decoded probabilities in ``[0, 1]`` summing to at most ``1 + 1e-3``
@@ -132,11 +136,17 @@ def verify(path: str | os.PathLike, full: bool = False, *, num_augmentations: in
                 raise IntegrityError(f"{p}: {size} bytes, the manifest says {e.bytes}; the file is truncated or "
                                      "from another build: re-download or rebuild it")  # type: ignore[union-attr]
             if e is m.samples_file:
-                kb = tensors["key_bytes"].shape[0] if "key_bytes" in tensors and len(tensors["key_bytes"].shape) == 1 else -1
+                kb_t = tensors.get("key_bytes")
+                kb = kb_t.shape[0] if kb_t is not None and len(kb_t.shape) == 1 else -1
+                if "build_id" in meta:  # samples files written without a build id are not compared
+                    check_build_id(p, meta, m.build_id, "this samples file belongs to another build: re-download "
+                                   "or rebuild the store")
                 check_tensors(p, tensors, samples_expected(m.num_samples, kb), size)
             else:
                 (s0, s1), (a0, a1) = e.samples, e.augs  # type: ignore[union-attr]
                 check_shard_metadata(p, meta, s0, s1, a0, a1)
+                check_build_id(p, meta, m.build_id, "this shard belongs to another build (the manifest's build_id "
+                               "differs): delete it and re-download it or rebuild the store")
                 check_tensors(p, tensors, shard_expected(m.fields, s0, s1, a0, a1), size)
             nbytes += size
             if not full:

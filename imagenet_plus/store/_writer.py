@@ -13,9 +13,10 @@ import numpy as np
 
 from ..errors import StoreError
 from ..schema import Field, encode_topk_ids, encode_topk_probs, target_fields
-from ._format import (_UMASK, FORMAT_VERSION, MANIFEST_NAME, MAX_SHARD_BYTES, SAMPLES_NAME, SHARD_DIR, FileEntry, Manifest,
-                      ShardEntry, check_shard_metadata, check_tensors, fsync_dir, parse_shard_filename, plan_shards,
-                      read_header, samples_expected, shard_expected, shard_filename, st_code)
+from ._format import (_UMASK, FORMAT_VERSION, MANIFEST_NAME, MAX_SHARD_BYTES, SAMPLES_NAME, SHARD_DIR, FileEntry,
+                      Manifest, ShardEntry, check_build_id, check_build_id_arg, check_shard_metadata, check_tensors,
+                      fsync_dir, parse_shard_filename, plan_shards, read_header, samples_expected, shard_expected,
+                      shard_filename, st_code)
 
 __all__ = ["write_shard", "read_shard_entry", "write_samples", "write_manifest", "write_store", "sha256_file"]
 
@@ -79,7 +80,8 @@ def _write_atomic_safetensors(path: Path, arrays: dict[str, np.ndarray], metadat
 
 
 def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arrays: Mapping[str, np.ndarray],
-                fields: Sequence[Field], *, max_shard_bytes: int = MAX_SHARD_BYTES) -> ShardEntry:
+                fields: Sequence[Field], *, max_shard_bytes: int = MAX_SHARD_BYTES,
+                build_id: str | None = None) -> ShardEntry:
     """Write shard ``[s0, s1) x [a0, a1)`` (temp name, fsync, sha256, rename).
 
     Args:
@@ -89,6 +91,8 @@ def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arr
         arrays: one array per field, shape ``[s1 - s0, a1 - a0, *field.shape]``, the field's dtype.
         fields: all fields (param fields then the two target fields).
         max_shard_bytes: the size cap.
+        build_id: the build's id (:func:`compute_build_id`), stored in the shard's
+            ``__metadata__`` as ``build_id``; ``None``: none stored.
 
     Returns:
         The shard's manifest entry.
@@ -100,6 +104,7 @@ def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arr
     Example:
         >>> entry = write_shard("out", 0, 100, 0, 50, {"crop": crop, "topk_ids": ids, "topk_probs": codes}, fields)
     """
+    check_build_id_arg(build_id, "write_shard")
     if not (0 <= s0 < s1 and 0 <= a0 < a1):
         raise StoreError(f"write_shard: empty or negative range samples [{s0}, {s1}) x augs [{a0}, {a1})")
     name = shard_filename(s0, s1, a0, a1)
@@ -130,20 +135,32 @@ def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arr
         raise StoreError(f"write_shard {name}: {nbytes} bytes of tensors exceed the shard size cap of "
                          f"{max_shard_bytes} bytes; plan smaller shards (plan_shards with record_bytes)")
     meta = {"format_version": str(FORMAT_VERSION), "s0": str(s0), "s1": str(s1), "a0": str(a0), "a1": str(a1)}
+    if build_id is not None:
+        meta["build_id"] = build_id
     size, digest = _write_atomic_safetensors(Path(root) / name, out, meta)
     return ShardEntry(name, (s0, s1), (a0, a1), size, digest)
 
 
-def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Field]) -> ShardEntry:
+def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Field], *,
+                     build_id: str | None = None) -> ShardEntry:
     """Check a finished shard (header, metadata, names, shapes, dtypes, size) and return its entry.
 
     The ranges come from the file name (``shard_filename``); a bare name is looked up
     under ``reinforcements/``. The sha256 is computed from the file.
 
+    Args:
+        root: the store folder.
+        filename: the shard's path relative to ``root``, or its bare name.
+        fields: all fields (param fields then the two target fields).
+        build_id: if given, the shard's metadata must carry this ``build_id`` (a resumed
+            build keeps only its own shards, never a same-size one left by another build).
+
     Raises:
         StoreError: the name is not a shard name, or the header disagrees with it or with ``fields``.
-        IntegrityError: the file is missing, truncated or corrupt.
+        IntegrityError: the file is missing, truncated or corrupt, or (``build_id`` given)
+            belongs to another build.
     """
+    check_build_id_arg(build_id, "read_shard_entry")
     rel = filename if "/" in filename else f"{SHARD_DIR}/{filename}"
     ranges = parse_shard_filename(rel)
     if ranges is None:
@@ -152,6 +169,7 @@ def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Fi
     path = Path(root) / rel
     tensors, meta, size = read_header(path)
     check_shard_metadata(path, meta, *ranges)
+    check_build_id(path, meta, build_id, "this shard belongs to another build; delete it or use a fresh --out")
     check_tensors(path, tensors, shard_expected(fields, *ranges), size)
     s0, s1, a0, a1 = ranges
     return ShardEntry(shard_filename(*ranges), (s0, s1), (a0, a1), size, sha256_file(path))
@@ -164,7 +182,8 @@ def _encode_keys(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(enc), dtype=np.uint8).copy(), offsets
 
 
-def write_samples(root: str | os.PathLike, labels, keys: Sequence[str], hashes) -> FileEntry:
+def write_samples(root: str | os.PathLike, labels, keys: Sequence[str], hashes, *,
+                  build_id: str | None = None) -> FileEntry:
     """Write ``samples.safetensors`` (label, content_hash, keys) atomically.
 
     Args:
@@ -172,10 +191,13 @@ def write_samples(root: str | os.PathLike, labels, keys: Sequence[str], hashes) 
         labels: int ``[N]`` labels of the base dataset.
         keys: ``N`` sample keys (relative paths or ``"{split}/{index}"``).
         hashes: uint8 ``[N, 8]`` content hashes (``schema.content_hash``).
+        build_id: the build's id (:func:`compute_build_id`), stored in the file's
+            ``__metadata__`` as ``build_id``; ``None``: none stored.
 
     Returns:
         The file's manifest entry.
     """
+    check_build_id_arg(build_id, "write_samples")
     labels = np.asarray(labels)
     hashes = np.asarray(hashes)
     n = len(labels)
@@ -189,8 +211,10 @@ def write_samples(root: str | os.PathLike, labels, keys: Sequence[str], hashes) 
         raise StoreError(f"write_samples: hashes must be uint8 [{n}, 8], got {hashes.dtype} {list(hashes.shape)}")
     key_bytes, offsets = _encode_keys(keys)
     arrays = {"label": labels.astype("<i4"), "content_hash": hashes, "key_bytes": key_bytes, "key_offsets": offsets}
-    size, digest = _write_atomic_safetensors(Path(root) / SAMPLES_NAME, arrays,
-                                             {"format_version": str(FORMAT_VERSION), "num_samples": str(n)})
+    meta = {"format_version": str(FORMAT_VERSION), "num_samples": str(n)}
+    if build_id is not None:
+        meta["build_id"] = build_id
+    size, digest = _write_atomic_safetensors(Path(root) / SAMPLES_NAME, arrays, meta)
     return FileEntry(SAMPLES_NAME, size, digest)
 
 
@@ -211,7 +235,10 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
             raise StoreError(f"write_manifest: {p} has {p.stat().st_size} bytes, its entry says {e.bytes}; "
                              "rewrite the file or recompute its entry with read_shard_entry")
     sp = root / manifest.samples_file.file  # type: ignore[union-attr]
-    tensors, _, size = read_header(sp)
+    tensors, meta, size = read_header(sp)
+    if "build_id" in meta:  # written without a build id (older builders): nothing to compare
+        check_build_id(sp, meta, manifest.build_id, "this samples file belongs to another build; rerun the build "
+                       "to rewrite it")
     kb = tensors["key_bytes"].shape[0] if "key_bytes" in tensors and len(tensors["key_bytes"].shape) == 1 else -1
     check_tensors(sp, tensors, samples_expected(manifest.num_samples, kb), size)
     return manifest.save(root)
@@ -223,7 +250,7 @@ def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classe
                 fields: Sequence[Field] | None = None, topk: int | None = None, num_samples: int | None = None,
                 num_augmentations: int | None = None, samples_per_shard: int | None = None,
                 augs_per_shard: int | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-                extra: dict | None = None) -> Manifest:
+                extra: dict | None = None, build_id: str | None = None) -> Manifest:
     """Write a complete store from in-memory arrays (tests, small builds).
 
     Args:
@@ -242,12 +269,15 @@ def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classe
         samples_per_shard, augs_per_shard: shard shape (``None``: fit the size cap).
         max_shard_bytes: shard size cap.
         extra: free-form manifest extras.
+        build_id: the build's id (:func:`compute_build_id`), written into every file and
+            the manifest; ``None``: none.
 
     Returns:
         The written manifest.
     """
     from ._format import resolve_shard_shape
 
+    check_build_id_arg(build_id, "write_store")
     topk_ids = np.asarray(topk_ids)
     topk_probs = np.asarray(topk_probs)
     if topk_ids.ndim != 3 or topk_ids.shape != topk_probs.shape:
@@ -286,11 +316,12 @@ def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classe
         arrays = {f.name: np.asarray(params[f.name])[s0:s1, a0:a1] for f in param_fields}
         arrays["topk_ids"] = encode_topk_ids(topk_ids[s0:s1, a0:a1], num_classes)
         arrays["topk_probs"] = encode_topk_probs(topk_probs[s0:s1, a0:a1])
-        shards.append(write_shard(root, s0, s1, a0, a1, arrays, fields, max_shard_bytes=max_shard_bytes))
-    samples = write_samples(root, labels, keys, hashes)
+        shards.append(write_shard(root, s0, s1, a0, a1, arrays, fields, max_shard_bytes=max_shard_bytes,
+                                  build_id=build_id))
+    samples = write_samples(root, labels, keys, hashes, build_id=build_id)
     m = Manifest(dataset=dataset, split=split, num_samples=n, num_augmentations=a, topk=k, num_classes=num_classes,
                  policy=dict(policy), fields=fields, teacher=dict(teacher), seed=int(seed),
                  builder_version=builder_version, samples_per_shard=sps, augs_per_shard=aps, samples_file=samples,
-                 shards=shards, extra=dict(extra or {}))
+                 shards=shards, extra=dict(extra or {}), build_id=build_id)
     write_manifest(root, m)
     return m
