@@ -1,0 +1,332 @@
+"""Finding a reinforcement store: a local folder, a Hub dataset repo, or a known dataset name.
+
+:func:`resolve_reinforcements` turns what a user passes as ``reinforcements=``
+into a local folder that :func:`imagenet_plus.store.open_store` can open:
+
+* a local folder (``"runs/cifar100-plus"``, ``Path(...)``): returned as is;
+* a Hub dataset repo, ``"org/name"`` or ``"org/name@revision"`` (a branch, a
+  tag such as ``v1`` or a commit hash);
+* a dataset name (``"imagenet"``, ``"cifar100"``, ...): the package's default
+  repo for it, :data:`DEFAULT_REPOS`.
+
+From the Hub only what is needed is fetched: ``manifest.json`` first, then
+``samples.safetensors`` and the shards whose augmentation range intersects
+``[0, num_augmentations)``, so ``num_augmentations=50`` of a 400-augmentation
+build downloads the first augmentation block only. Everything goes through
+the Hugging Face cache (``HF_HUB_CACHE``), so a second call, or a call with
+``HF_HUB_OFFLINE=1``, reads the cache without touching the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import StoreError
+
+__all__ = ["DEFAULT_ORG", "DEFAULT_REPOS", "REPO_TYPE", "parse_repo_spec", "required_files",
+           "resolve_manifest", "resolve_reinforcements"]
+
+#: Organisation of the package's default repos. A placeholder until the stores are published:
+#: pass your own ``"org/name"`` (or a local folder) until then.
+DEFAULT_ORG = "imagenet-plus"
+#: Default Hub dataset repo per dataset name.
+DEFAULT_REPOS = {
+    "imagenet": f"{DEFAULT_ORG}/imagenet-plus",
+    "cifar100": f"{DEFAULT_ORG}/cifar100-plus",
+    "flowers102": f"{DEFAULT_ORG}/flowers102-plus",
+    "food101": f"{DEFAULT_ORG}/food101-plus",
+    "digits": f"{DEFAULT_ORG}/digits-plus",
+}
+#: Stores live in Hub *dataset* repos.
+REPO_TYPE = "dataset"
+
+_MANIFEST = "manifest.json"
+_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def parse_repo_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``"org/name@revision"`` into ``("org/name", "revision")`` (revision ``None`` if absent).
+
+    Dataset names in :data:`DEFAULT_REPOS` map to their default repo.
+
+    Raises:
+        StoreError: ``spec`` is neither ``org/name[@revision]`` nor a known dataset name.
+    """
+    repo, sep, revision = spec.partition("@")
+    if sep and not revision:
+        raise StoreError(f"reinforcements={spec!r}: empty revision after '@'; write 'org/name@v1' "
+                         "(a branch, tag or commit hash) or drop the '@'")
+    if repo in DEFAULT_REPOS:
+        repo = DEFAULT_REPOS[repo]
+    if not _REPO_RE.match(repo) or ".." in repo:
+        known = ", ".join(sorted(DEFAULT_REPOS))
+        raise StoreError(f"reinforcements={spec!r} is not an existing folder, a Hub dataset repo id "
+                         f"('org/name' or 'org/name@revision') or a known dataset name ({known}); "
+                         "pass the folder written by the builder or a repo id")
+    return repo, (revision or None)
+
+
+def required_files(manifest, num_augmentations: int | None = None, *, source: str = "manifest") -> list[str]:
+    """The store files needed to read augmentations ``[0, num_augmentations)`` of every sample.
+
+    Args:
+        manifest: the store's :class:`imagenet_plus.store.Manifest`.
+        num_augmentations: how many augmentations per sample are wanted (``None``: all stored).
+        source: what the manifest came from, for error messages.
+
+    Returns:
+        ``manifest.json``, the samples file and the shards whose augmentation range
+        intersects ``[0, num_augmentations)``, as paths relative to the store root.
+
+    Raises:
+        StoreError: ``num_augmentations`` is not in ``[1, manifest.num_augmentations]``.
+    """
+    stored = manifest.num_augmentations
+    if num_augmentations is None:
+        num_augmentations = stored
+    if isinstance(num_augmentations, bool) or int(num_augmentations) != num_augmentations \
+            or not 1 <= num_augmentations <= stored:
+        raise StoreError(f"num_augmentations={num_augmentations!r}: {source} stores {stored} augmentations per "
+                         f"sample; pass an integer in [1, {stored}] or None for all")
+    if manifest.samples_file is None:
+        raise StoreError(f"{source}: the manifest lists no samples file; the build did not finish, "
+                         "rerun it to completion or re-download the store")
+    files = [_MANIFEST, manifest.samples_file.file]
+    files += [s.file for s in manifest.shards if s.augs[0] < num_augmentations]
+    return files
+
+
+def _load_manifest(path: Path):
+    from .store import Manifest  # the store imports numpy/safetensors; keep `import imagenet_plus.hub` light
+
+    return Manifest.load(path)
+
+
+def _missing(folder: Path, files: list[str]) -> list[str]:
+    return [f for f in files if not (folder / f).is_file()]
+
+
+def _describe_missing(missing: list[str]) -> str:
+    shown = ", ".join(missing[:3])
+    return shown + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+
+
+def _resolve_local(folder: Path, num_augmentations: int | None) -> Path:
+    if not (folder / _MANIFEST).is_file():
+        raise StoreError(f"reinforcements={str(folder)!r}: the folder has no {_MANIFEST}; point to the folder "
+                         "written by the builder (an unfinished build has no manifest: rerun it to completion)")
+    manifest = _load_manifest(folder)
+    missing = _missing(folder, required_files(manifest, num_augmentations, source=str(folder / _MANIFEST)))
+    if missing:
+        have = _cached_augmentations(manifest, folder)
+        hint = f"pass num_augmentations <= {have} (the blocks present) or " if have else ""
+        raise StoreError(f"reinforcements={str(folder)!r}: {len(missing)} store file(s) listed by the manifest are "
+                         f"missing ({_describe_missing(missing)}); {hint}copy or download the complete store")
+    return folder
+
+
+def _cached_augmentations(manifest, folder: Path) -> int:
+    """The largest ``n`` such that every file needed for ``n`` augmentations is present (0 if none)."""
+    best = 0
+    for a1 in sorted({s.augs[1] for s in manifest.shards}):
+        if _missing(folder, required_files(manifest, a1)):
+            break
+        best = a1
+    return best
+
+
+def _offline(local_files_only: bool) -> bool:
+    from huggingface_hub import constants
+
+    is_offline = getattr(constants, "is_offline_mode", None)  # huggingface_hub >= 1.0; before: the constant
+    return bool(local_files_only) or bool(is_offline() if is_offline is not None else constants.HF_HUB_OFFLINE)
+
+
+def _hub_error(err: Exception, repo_id: str, revision: str | None, what: str, offline: bool,
+               cache_dir) -> StoreError:
+    """Translate a huggingface_hub exception into a StoreError naming the repo, revision, file and fix."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+
+    rev = revision or "main"
+    where = f"dataset repo '{repo_id}' at revision '{rev}'"
+    cache = str(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
+    if isinstance(err, LocalEntryNotFoundError):
+        if offline:
+            return StoreError(
+                f"{what} of {where} is not in the Hugging Face cache ({cache}) and downloads are disabled "
+                "(HF_HUB_OFFLINE=1 or local_files_only=True); set HF_HUB_OFFLINE=0 and local_files_only=False "
+                f"to download it, check that revision '{rev}' exists (a branch, tag or commit hash), "
+                "or pass a local folder")
+        return StoreError(f"{what} of {where} could not be downloaded and is not in the Hugging Face cache "
+                          f"({cache}) ({err.__class__.__name__}); check your connection and retry, "
+                          "or pass a local folder")
+    if isinstance(err, GatedRepoError):
+        return StoreError(f"{where} is gated; accept its terms on https://huggingface.co/datasets/{repo_id} "
+                          "and log in (`hf auth login`), then retry")
+    if isinstance(err, RepositoryNotFoundError):
+        return StoreError(f"{where} was not found on the Hub (or it is private and you are not logged in); "
+                          "check the repo id, log in with `hf auth login`, or pass a local folder")
+    if isinstance(err, RevisionNotFoundError):
+        return StoreError(f"{where}: revision '{rev}' does not exist; check the revision (a branch, a tag "
+                          f"such as 'v1', or a commit hash; the repo's tags are listed on "
+                          f"https://huggingface.co/datasets/{repo_id}) or drop it to use 'main'")
+    if isinstance(err, EntryNotFoundError):
+        return StoreError(f"{where} has no {what}; it is not a reinforcement store (or the upload was "
+                          "interrupted): check the repo id and revision, or re-publish it with builders/push.py")
+    if isinstance(err, HfHubHTTPError):
+        return StoreError(f"downloading {what} of {where} failed ({err}); retry later or pass a local folder")
+    return StoreError(f"downloading {what} of {where} failed ({err.__class__.__name__}: {err}); check your "
+                      "connection and retry, set HF_HUB_OFFLINE=1 to use the cache only, or pass a local folder")
+
+
+def _resolve_hub(repo_id: str, revision: str | None, num_augmentations: int | None, *, cache_dir,
+                 local_files_only: bool, token) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = _offline(local_files_only)
+    manifest_path = _download_manifest(repo_id, revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                                       token=token)
+    manifest = _load_manifest(manifest_path)
+    source = f"{repo_id}@{revision or 'main'}/{_MANIFEST}"
+    files = required_files(manifest, num_augmentations, source=source)
+    # The manifest's snapshot folder is named by its commit: fetch the shards of that same
+    # commit, even if the branch moves meanwhile.
+    commit = manifest_path.parent.name
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type=REPO_TYPE, revision=commit, allow_patterns=files,
+                                        cache_dir=cache_dir, local_files_only=bool(local_files_only),
+                                        token=token))
+    except LocalEntryNotFoundError as err:  # IncompleteSnapshotError, or one file neither cached nor downloadable
+        if _missing(manifest_path.parent, files):
+            raise _incomplete(repo_id, revision, manifest, manifest_path.parent, files, num_augmentations,
+                              offline, err) from err
+        raise _hub_error(err, repo_id, revision, "the store files", offline, cache_dir) from err
+    except (OSError, ValueError) as err:
+        raise _hub_error(err, repo_id, revision, "the store files", offline, cache_dir) from err
+    if _missing(folder, files):
+        raise _incomplete(repo_id, revision, manifest, folder, files, num_augmentations, offline, None)
+    return folder
+
+
+def _incomplete(repo_id, revision, manifest, folder: Path, files, num_augmentations, offline: bool,
+                err: Exception | None) -> StoreError:
+    missing = _missing(folder, files)
+    have = _cached_augmentations(manifest, folder)
+    want = manifest.num_augmentations if num_augmentations is None else num_augmentations
+    hint = f", pass num_augmentations <= {have} (what the cache holds)" if have else ""
+    if offline or err is None:
+        fix = "downloads are disabled (HF_HUB_OFFLINE=1 or local_files_only=True): set HF_HUB_OFFLINE=0 and " \
+              "local_files_only=False to download them"
+    else:
+        fix = f"they could not be downloaded ({err.__class__.__name__}): check your connection and retry"
+    return StoreError(
+        f"dataset repo '{repo_id}' at revision '{revision or 'main'}': {len(missing)} store file(s) needed for "
+        f"num_augmentations={want} are missing from the cached snapshot {folder} "
+        f"({_describe_missing(missing)}); {fix}{hint}, or pass a local folder")
+
+
+def _parse_spec(spec, revision: str | None) -> tuple[Path | None, str | None, str | None]:
+    """``(local_folder, None, None)`` or ``(None, repo_id, revision)`` for a store spec."""
+    if isinstance(spec, os.PathLike):
+        return Path(spec).expanduser().resolve(), None, None
+    if not isinstance(spec, str):
+        raise StoreError(f"reinforcements must be a folder path or a repo id string, got {type(spec).__name__}")
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return local.resolve(), None, None
+    head = spec.partition("@")[0]
+    if head.startswith((".", "/", "~")) or head.count("/") > 1 or "\\" in head:
+        raise StoreError(f"reinforcements={spec!r}: folder not found; check the path (relative paths start from "
+                         f"{os.getcwd()}) or pass a Hub repo id such as 'org/name'")
+    repo_id, spec_revision = parse_repo_spec(spec)
+    if spec_revision is not None and revision is not None and spec_revision != revision:
+        raise StoreError(f"reinforcements={spec!r} names revision '{spec_revision}' but revision={revision!r} was "
+                         "also passed; give the revision once")
+    return None, repo_id, spec_revision or revision
+
+
+def _download_manifest(repo_id: str, revision: str | None, *, cache_dir, local_files_only: bool, token) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, _MANIFEST, repo_type=REPO_TYPE, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only, token=token))
+    except (OSError, ValueError) as err:  # every huggingface_hub error is one of these
+        raise _hub_error(err, repo_id, revision, _MANIFEST, _offline(local_files_only), cache_dir) from err
+
+
+def resolve_manifest(spec, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                     local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
+    """The ``manifest.json`` of a store spec, downloading only that file from the Hub.
+
+    Takes the same arguments as :func:`resolve_reinforcements` (less ``num_augmentations``).
+
+    Returns:
+        The path of ``manifest.json`` (in the local folder or the Hugging Face cache).
+
+    Raises:
+        StoreError: as :func:`resolve_reinforcements`.
+    """
+    folder, repo_id, rev = _parse_spec(spec, revision)
+    if folder is not None:
+        if not (folder / _MANIFEST).is_file():
+            raise StoreError(f"reinforcements={str(folder)!r}: the folder has no {_MANIFEST}; point to the folder "
+                             "written by the builder (an unfinished build has no manifest: rerun it to completion)")
+        return folder / _MANIFEST
+    try:
+        return _download_manifest(repo_id, rev, cache_dir=cache_dir, local_files_only=bool(local_files_only),
+                                  token=token)
+    except StoreError as err:
+        raise _with_path_note(err, spec) from err.__cause__
+
+
+def resolve_reinforcements(spec, num_augmentations: int | None = None, *, revision: str | None = None,
+                           cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                           token: str | bool | None = None) -> Path:
+    """Resolve a store spec to a local folder holding the files needed for ``num_augmentations``.
+
+    Args:
+        spec: a local store folder, ``"org/name"`` or ``"org/name@revision"`` (a Hub dataset repo),
+            or a dataset name of :data:`DEFAULT_REPOS` (its default repo).
+        num_augmentations: augmentations per sample that will be read (``None``: all stored). From the
+            Hub, only the shards covering ``[0, num_augmentations)`` are downloaded.
+        revision: branch, tag or commit of the repo (default ``main``; or write ``org/name@revision``).
+        cache_dir: the Hugging Face cache (default ``HF_HUB_CACHE``).
+        local_files_only: never touch the network, read the cache only (``None``: ``HF_HUB_OFFLINE``).
+        token: Hub token for private repos (default: the saved login).
+
+    Returns:
+        The store folder (for a repo, its snapshot folder in the cache). It may hold a subset of the
+        shards; open it with ``open_store(path, num_augmentations=...)``.
+
+    Raises:
+        StoreError: the spec is malformed, the folder or repo is not a store, the revision or a file is
+            missing (online or in the offline cache); the message names the repo, revision or file and what to do.
+
+    Example:
+        >>> path = resolve_reinforcements("imagenet-plus/imagenet-plus@v1", num_augmentations=50)
+        >>> store = open_store(path, num_augmentations=50)
+    """
+    folder, repo_id, rev = _parse_spec(spec, revision)
+    if folder is not None:
+        if revision is not None:
+            raise StoreError(f"revision={revision!r} applies to Hub repos, but reinforcements={str(spec)!r} is a local "
+                             "folder; drop revision= or pass the repo id")
+        return _resolve_local(folder, num_augmentations)
+    try:
+        return _resolve_hub(repo_id, rev, num_augmentations, cache_dir=cache_dir,
+                            local_files_only=bool(local_files_only), token=token)
+    except StoreError as err:
+        raise _with_path_note(err, spec) from err.__cause__
+
+
+def _with_path_note(err: StoreError, spec) -> StoreError:
+    """Say that no local folder of that name exists either, when a Hub failure may hide a mistyped path."""
+    if err.__cause__ is None or not isinstance(spec, str) or "@" in spec or spec in DEFAULT_REPOS:
+        return err
+    return type(err)(f"{err} (there is no local folder {spec!r} either, relative to {os.getcwd()})")
