@@ -1,0 +1,143 @@
+"""DeviceReplay: batched replay of device-path items equals the per-sample CPU replay."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _augment_photos import photos
+from imagenet_plus.augment import create_policy
+from imagenet_plus.errors import PolicyError
+from imagenet_plus.replay import DeviceReplay
+from imagenet_plus.targets import densify
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+S = 64
+
+
+def _batch(policy, imgs, n, seed=0, p_original=0.0, num_classes=10, K=3):
+    S = policy.output_size
+    """Collated device-path items for ``n`` records and the per-sample CPU replay of each."""
+    names = sorted(imgs)
+    N = len(names)
+    i = np.arange(n) % N
+    j = np.arange(n) // N
+    sizes = np.array([imgs[k].size for k in names])
+    prm = policy.sample(seed, i, j, sizes[i, 1], sizes[i, 0], num_samples=N)
+    rng = np.random.default_rng(seed)
+    images, partners, pparams, ref = [], [], {k: [] for k in prm}, []
+    for r in range(n):
+        one = {k: v[r] for k, v in prm.items()}
+        images.append(policy.crop(imgs[names[i[r]]], one))
+        if policy.uses_mix:
+            p = int(one["mix_partner"])
+            pp = policy.sample(seed, p, j[r], sizes[p, 1], sizes[p, 0], num_samples=N)
+            pp = {k: v[0] for k, v in pp.items()}
+            partners.append(policy.crop(imgs[names[p]], pp))
+            ref.append(policy.apply(imgs[names[i[r]]], one, imgs[names[p]], pp))
+        else:
+            pp = {k: np.zeros_like(v) for k, v in one.items()}
+            partners.append(torch.zeros(3, S, S, dtype=torch.uint8))
+            ref.append(policy.apply(imgs[names[i[r]]], one))
+        for k in prm:
+            pparams[k].append(pp[k])
+    ids = np.stack([rng.permutation(num_classes)[:K] for _ in range(n)])
+    probs = np.sort(rng.dirichlet(np.ones(K + 1), size=n)[:, :K], axis=1)[:, ::-1].astype(np.float32)
+    is_orig = rng.random(n) < p_original
+    batch = {
+        "image": torch.stack(images),
+        "partner": torch.stack(partners),
+        "params": {k: torch.from_numpy(v.astype(np.int64)) for k, v in prm.items()},
+        "partner_params": {k: torch.from_numpy(np.stack(v).astype(np.int64)) for k, v in pparams.items()},
+        "topk_ids": torch.from_numpy(ids).long(),
+        "topk_probs": torch.from_numpy(probs.copy()),
+        "is_original": torch.from_numpy(is_orig),
+        "label": torch.from_numpy(rng.integers(0, num_classes, n)).long(),
+    }
+    return batch, torch.stack(ref)
+
+
+@pytest.fixture(scope="module")
+def imgs():
+    return photos()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["rrc", "rrc+ra/re", "rrc+mix+ra/re", "cifar"])
+def test_device_replay_matches_per_sample_replay(name, device, imgs):
+    policy = create_policy(name, output_size=S)
+    batch, ref = _batch(policy, imgs, 40)
+    x, t = DeviceReplay(policy, 10, device=device)(batch)
+    assert x.dtype == torch.float32 and x.shape == (40, 3, S, S) and x.device.type == device
+    expected = policy.normalize(ref)
+    if device == "cpu":
+        assert torch.equal(x, expected)
+    else:  # stated tolerance: <= 1 grey level mean absolute difference
+        std = torch.tensor(policy.std).view(1, 3, 1, 1) * 255
+        assert ((x.cpu() - expected).abs() * std).mean() <= 1.0
+    torch.testing.assert_close(t.cpu(), densify(batch["topk_ids"], batch["topk_probs"], 10))
+    torch.testing.assert_close(t.sum(1).cpu(), torch.ones(40))
+
+
+def test_originals_are_only_normalised_and_get_one_hot(imgs):
+    policy = create_policy("rrc+mix+ra/re", output_size=S)
+    batch, ref = _batch(policy, imgs, 30, p_original=0.5)
+    orig = batch["is_original"]
+    assert orig.any() and (~orig).any()
+    x, t = DeviceReplay(policy, 10, device="cpu")(batch)
+    assert torch.equal(x[orig], policy.normalize(batch["image"][orig]))
+    assert torch.equal(x[~orig], policy.normalize(ref[~orig]))
+    assert torch.equal(t[orig], torch.nn.functional.one_hot(batch["label"][orig], 10).float())
+
+
+def test_teacher_top1_agrees(imgs):
+    import timm
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
+    policy = create_policy("rrc+ra/re", output_size=32)
+    small = {k: v for k, v in imgs.items() if k in ("china", "astronaut", "chelsea", "camera_gray")}
+    batch, ref = _batch(policy, small, 500)
+    agree = []
+    with torch.no_grad():
+        b = teacher(policy.normalize(ref)).argmax(1)
+        for device in DEVICES:
+            x, _ = DeviceReplay(policy, 10, device=device)(batch)
+            a = teacher(x.cpu()).argmax(1)
+            agree.append((a == b).float().mean().item())
+    assert min(agree) >= 0.99, agree
+
+
+def test_bad_batches_raise_policy_error(imgs):
+    policy = create_policy("rrc+ra/re", output_size=S)
+    batch, _ = _batch(policy, imgs, 4)
+    replay = DeviceReplay(policy, 10, device="cpu")
+    with pytest.raises(PolicyError, match="lacks 'params'"):
+        replay({k: v for k, v in batch.items() if k != "params"})
+    bad = dict(batch, params={k: v for k, v in batch["params"].items() if k != "erase"})
+    with pytest.raises(PolicyError, match="lack field 'erase'"):
+        replay(bad)
+    bad = dict(batch, params=dict(batch["params"], ops=batch["params"]["ops"] | (15 << 1)))
+    with pytest.raises(PolicyError, match="op id 15"):
+        replay(bad)
+    with pytest.raises(PolicyError, match="densify"):
+        DeviceReplay(policy, 10, densify="hard")
+    with pytest.raises(PolicyError, match="num_classes"):
+        DeviceReplay(policy, 0)
+
+
+def test_gpu_check_runs_on_cpu_small():
+    res = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--small"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["ok"] is True and out["agreement"]["mean_abs_diff"] == 0.0
+    assert out["agreement"]["teacher_top1_agreement"] >= 0.99 and out["throughput"]["images_per_s"] > 0
