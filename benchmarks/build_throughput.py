@@ -1,0 +1,243 @@
+"""Builder throughput against the teacher's forward pass alone (same device, same batch size).
+
+The builder (:func:`imagenet_plus.reinforce.build_reinforcements`) decodes JPEGs in
+DataLoader workers, crops every augmentation, finishes it (on CUDA: batched on the
+GPU), runs the teacher, keeps the top-k and writes shards. The reference is the same
+teacher on a resident random uint8 batch, so the ratio is the share of the teacher's
+speed the whole pipeline keeps (1.0 = the teacher is the only cost).
+
+Data: real photos (scikit-learn's and scikit-image's sample images) resized to
+ImageNet-like sizes and JPEG-encoded in memory (decoded per sample, as from disk).
+Teacher weights are random (no network), which does not change the cost.
+
+Run from the repo root; prints one JSON object::
+
+    python benchmarks/build_throughput.py --device cuda               # IG-ResNeXt-101 ensemble, batch 256
+    python benchmarks/build_throughput.py --device cpu --quick        # small teacher, CPU
+    python benchmarks/build_throughput.py --device cuda --teacher resnet50 --samples 64 --augs 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from builders.teachers import IG_RESNEXT_ENSEMBLE, create_teacher  # noqa: E402
+from imagenet_plus.augment import create_policy  # noqa: E402
+from imagenet_plus.reinforce import BuildStats, build_reinforcements  # noqa: E402
+
+__all__ = ["JpegPhotos", "measure", "check_device_build", "main"]
+
+
+def _sources() -> list[Image.Image]:
+    from sklearn.datasets import load_sample_images
+
+    out = [Image.fromarray(a) for a in load_sample_images().images]
+    try:
+        import skimage.data as d
+
+        out += [Image.fromarray(f()) for f in (d.astronaut, d.coffee, d.chelsea, d.rocket)]
+    except Exception:  # noqa: BLE001 - scikit-image is optional
+        pass
+    return [im.convert("RGB") for im in out]
+
+
+class JpegPhotos(torch.utils.data.Dataset):
+    """``n`` real photos at ImageNet-like sizes, held as JPEG bytes and decoded on access.
+
+    Args:
+        n: number of samples.
+        num_classes: labels are ``index % num_classes``.
+        sizes: ``(width, height)`` cycle of the stored images.
+    """
+
+    def __init__(self, n: int, num_classes: int = 1000,
+                 sizes=((500, 375), (375, 500), (500, 333), (640, 480), (400, 400))):
+        src = _sources()
+        self.jpegs = []
+        for k in range(n):
+            im = src[k % len(src)]
+            w, h = sizes[k % len(sizes)]
+            left = (k * 37) % max(1, im.width // 4)
+            top = (k * 53) % max(1, im.height // 4)
+            im = im.crop((left, top, im.width - left // 2, im.height - top // 2)).resize((w, h), Image.BILINEAR)
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=90)
+            self.jpegs.append(buf.getvalue())
+        self.targets = [k % num_classes for k in range(n)]
+        self.keys = [f"photo/{k}" for k in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.jpegs)
+
+    def __getitem__(self, i: int):
+        return Image.open(io.BytesIO(self.jpegs[i])).convert("RGB"), self.targets[i]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(*, device: str, teacher: str, batch_size: int, samples: int, augs: int, image_size: int,
+            policy: str, num_workers: int, num_classes: int = 1000, teacher_input_size: int | None = None,
+            compile: bool = False, topk: int = 10, warmup: int = 2) -> dict:
+    """Teacher-alone images/s and builder augmentations/s for one configuration.
+
+    Returns:
+        A JSON-able dict (``ratio`` = builder augmentations/s / teacher-alone images/s).
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = create_teacher(teacher, num_classes=num_classes, pretrained=False, device=dev, compile=compile,
+                           input_size=teacher_input_size)
+    t_init = time.perf_counter() - t0
+    data = JpegPhotos(samples, num_classes)
+    pol = create_policy(policy, output_size=image_size)
+    records = samples * augs
+    n_batches = -(-records // batch_size)
+
+    x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8, device=dev)
+    for _ in range(warmup):
+        model(x)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        model(x)
+    _sync(dev)
+    t_teacher = time.perf_counter() - t0
+    teacher_ips = n_batches * batch_size / t_teacher
+
+    stats = BuildStats()
+    with tempfile.TemporaryDirectory() as tmp:
+        build_reinforcements(data, Path(tmp) / "store", policy=pol, teacher=model, num_classes=num_classes,
+                             num_augmentations=augs, topk=topk, seed=0, dataset_name="photos",
+                             teacher_desc=model.describe(), samples_per_shard=samples,
+                             augs_per_shard=min(augs, 50), batch_size=batch_size, device=dev, progress=False,
+                             num_workers=num_workers, stats=stats)
+        nbytes = sum(p.stat().st_size for p in (Path(tmp) / "store").rglob("*") if p.is_file())
+    build_aps = stats.records / stats.seconds
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "teacher": list(model.names), "teacher_input_size": model.data_configs[0]["input_size"][1],
+        "policy": policy, "image_size": image_size, "batch_size": batch_size, "samples": samples,
+        "augs_per_sample": augs, "records": records, "num_workers": num_workers, "compile": compile,
+        "amp_bf16": model.amp, "teacher_init_s": round(t_init, 2),
+        "teacher_alone_images_per_s": round(teacher_ips, 2), "teacher_alone_s": round(t_teacher, 3),
+        "build_s": round(stats.seconds, 3), "build_augmentations_per_s": round(build_aps, 2),
+        "build_samples_per_s": round(stats.samples / stats.seconds, 3), "store_bytes": nbytes,
+        "ratio": round(build_aps / teacher_ips, 4), "build_timings": stats.extra.get("timings"),
+    }
+
+
+def check_device_build(device: str, samples: int = 12, augs: int = 8, image_size: int = 224,
+                       num_workers: int = 4) -> dict:
+    """A build on ``device`` against the same build on the CPU (the bit-exact reference).
+
+    Checks, per policy (``rrc+ra/re`` and ``rrc+mix+ra/re``): the stored params are identical
+    (sampled on the CPU either way), the teacher's top-1 agrees on >= 98% of the records and
+    the decoded top-1 probabilities are close (the device finishes pixels in batches: within
+    the augmentation engine's CPU-vs-CUDA tolerance, not bit for bit; the teacher runs in
+    float32 here to isolate the pixel path), and a rebuild on the device with another worker
+    count is byte-identical (determinism on one device).
+    """
+    import copy
+
+    from safetensors.numpy import load_file
+
+    from imagenet_plus.schema import decode_topk_ids, decode_topk_probs
+    from imagenet_plus.store import Manifest
+
+    dev = torch.device(device)
+    data = JpegPhotos(samples, 10)
+    out: dict = {"records": samples * augs, "image_size": image_size}
+    ok = True
+    for name in ("rrc+ra/re", "rrc+mix+ra/re"):
+        pol = create_policy(name, output_size=image_size)
+        torch.manual_seed(0)
+        t_cpu = create_teacher("resnet18", num_classes=10, pretrained=False, input_size=image_size, amp=False)
+        t_dev = copy.deepcopy(t_cpu).to(dev)
+        with tempfile.TemporaryDirectory() as tmp:
+            roots = {}
+            for tag, teacher, d, nw in (("cpu", t_cpu, "cpu", num_workers), ("dev", t_dev, dev, num_workers),
+                                        ("dev2", t_dev, dev, 0)):
+                roots[tag] = Path(tmp) / tag
+                build_reinforcements(data, roots[tag], policy=pol, teacher=teacher, num_classes=10,
+                                     num_augmentations=augs, topk=3, seed=1, dataset_name="photos",
+                                     teacher_desc={"model": "resnet18"}, samples_per_shard=max(1, samples // 2),
+                                     augs_per_shard=max(1, augs // 2), batch_size=32, device=d, progress=False,
+                                     num_workers=nw)
+            m = Manifest.load(roots["cpu"])
+            same_params, agree, dprob = True, [], []
+            for e in m.shards:
+                a, b = load_file(str(roots["cpu"] / e.file)), load_file(str(roots["dev"] / e.file))
+                same_params &= all(np.array_equal(a[f.name], b[f.name]) for f in m.param_fields)
+                ia, ib = decode_topk_ids(a["topk_ids"], 10, 3), decode_topk_ids(b["topk_ids"], 10, 3)
+                agree.append((ia[..., 0] == ib[..., 0]).reshape(-1))
+                pa, pb = decode_topk_probs(a["topk_probs"]), decode_topk_probs(b["topk_probs"])
+                dprob.append(np.abs(pa[..., 0] - pb[..., 0]).reshape(-1))
+            files = sorted(p.relative_to(roots["dev"]) for p in roots["dev"].rglob("*") if p.is_file())
+            deterministic = all((roots["dev"] / f).read_bytes() == (roots["dev2"] / f).read_bytes() for f in files)
+        top1 = float(np.concatenate(agree).mean())
+        res = {"params_identical": bool(same_params), "top1_agreement": top1,
+               "top1_prob_mean_abs_diff": float(np.concatenate(dprob).mean()),
+               "device_rebuild_byte_identical": bool(deterministic)}
+        res["ok"] = bool(same_params and top1 >= 0.98 and deterministic)
+        ok &= res["ok"]
+        out[name] = res
+    out["ok"] = bool(ok)
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes (a CPU smoke run)")
+    p.add_argument("--teacher", default=None, help="comma-separated timm names (default: the IG-ResNeXt-101 "
+                                                   "ensemble on CUDA, resnet18 on the CPU)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--augs", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--teacher-input-size", type=int, default=None)
+    p.add_argument("--policy", default="rrc+ra/re")
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--compile", action="store_true")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available; pass --device cpu")
+    if not cuda:
+        torch.set_num_threads(1)
+    small = args.quick or not cuda
+    defaults = dict(teacher=",".join(IG_RESNEXT_ENSEMBLE) if cuda and not args.quick else "resnet18",
+                    batch_size=32 if small else 256, samples=8 if small else 64, augs=16 if small else 200,
+                    image_size=64 if small else 224, num_workers=0 if small else min(12, os.cpu_count() or 1),
+                    teacher_input_size=64 if small else None)
+    kw = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()}
+    result = measure(device=args.device, policy=args.policy, compile=args.compile, **kw)
+    result["target_ratio"] = 0.9 if cuda else None
+    result["ok"] = (result["ratio"] >= 0.9) if cuda and not args.quick else True
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

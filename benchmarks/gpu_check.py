@@ -1,0 +1,254 @@
+"""One-shot device check: CUDA replay vs CPU replay agreement, and batched replay throughput.
+
+Run from the repo root on a CUDA machine (needs only torch, torchvision, timm, numpy; no network)::
+
+    python benchmarks/gpu_check.py                     # CUDA, 224 px, batch 256
+    python benchmarks/gpu_check.py --device cpu --small  # CI smoke run
+
+Prints one JSON object. ``ok`` is true when every check passed its stated bound:
+mean absolute difference <= 1 grey level (uint8) between the device replay and the
+per-sample CPU replay, and teacher top-1 agreement >= 99%.
+
+Checks are the functions listed in ``CHECKS`` (each ``check(args) -> dict`` with an
+``"ok"`` entry); add new ones there (see the marked place at the bottom).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imagenet_plus.augment import create_policy  # noqa: E402
+from imagenet_plus.replay import DeviceReplay  # noqa: E402
+
+
+def _photos(n: int) -> list[Image.Image]:
+    """Real photos where scikit-learn / scikit-image are installed, else deterministic synthetic scenes."""
+    base = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        base += [Image.fromarray(a) for a in load_sample_images().images]
+    except Exception:  # noqa: BLE001 - optional dependency
+        pass
+    try:
+        import skimage.data
+
+        base += [Image.fromarray(f()) for f in (skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea)]
+    except Exception:  # noqa: BLE001 - optional dependency
+        pass
+    rng = np.random.default_rng(0)
+    while len(base) < 4:
+        h, w = 375, 500
+        yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
+        img = np.stack([np.sin(6 * xx + k) * 0.5 + 0.5 for k in range(3)], -1) * 200
+        for _ in range(12):
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, 80)
+            m = (np.mgrid[0:h, 0:w][0] - cy) ** 2 + (np.mgrid[0:h, 0:w][1] - cx) ** 2 < r * r
+            img[m] = rng.uniform(0, 255, 3)
+        img += rng.normal(0, 8, img.shape)
+        base.append(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)))
+    out = []
+    sizes = [(500, 375), (375, 500), (640, 427), (333, 333), (800, 300)]
+    for k in range(n):
+        out.append(base[k % len(base)].resize(sizes[k % len(sizes)]))
+    return out
+
+
+def _records(policy, imgs, n, seed=0):
+    """Crops, partner crops and params of ``n`` records (partner (p, j) drawn with its own params)."""
+    N = len(imgs)
+    i = np.arange(n) % N
+    j = np.arange(n) // N
+    hw = np.array([(im.size[1], im.size[0]) for im in imgs])
+    prm = policy.sample(seed, i, j, hw[i, 0], hw[i, 1], num_samples=N)
+    crops, partners, pprm = [], [], {k: [] for k in prm}
+    for r in range(n):
+        one = {k: v[r] for k, v in prm.items()}
+        crops.append(policy.crop(imgs[i[r]], one))
+        if policy.uses_mix:
+            p = int(one["mix_partner"])
+            pp = {k: v[0] for k, v in policy.sample(seed, p, j[r], hw[p, 0], hw[p, 1], num_samples=N).items()}
+            partners.append(policy.crop(imgs[p], pp))
+        else:
+            pp = {k: np.zeros_like(v) for k, v in one.items()}
+            partners.append(torch.zeros_like(crops[-1]))
+        for k in prm:
+            pprm[k].append(pp[k])
+    return torch.stack(crops), torch.stack(partners), prm, {k: np.stack(v) for k, v in pprm.items()}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_agreement(args) -> dict:
+    """Device replay vs per-sample CPU replay (uint8 diffs) and a random-init timm teacher's top-1."""
+    import timm
+
+    device = torch.device(args.device)
+    size = 48 if args.small else 224
+    n = 40 if args.small else 500
+    out = {}
+    worst_mad, worst_max, worst_agree = 0.0, 0, 1.0
+    torch.manual_seed(0)
+    teacher = timm.create_model("resnet18", pretrained=False, num_classes=10).eval().to(device)
+    for name in ("rrc+ra/re", "rrc+mix+ra/re"):
+        policy = create_policy(name, output_size=size)
+        imgs = _photos(6 if args.small else 16)
+        crops, partners, prm, pprm = _records(policy, imgs, n, seed=1)
+        ref = torch.cat([policy.finish(crops[r:r + 1], {k: v[r:r + 1] for k, v in prm.items()},
+                                       partners[r:r + 1], {k: v[r:r + 1] for k, v in pprm.items()})
+                         for r in range(n)])  # == Policy.apply per record
+        dev = policy.finish(crops.to(device), prm, partners.to(device), pprm).cpu()
+        diff = (dev.int() - ref.int()).abs()
+        batch = {"image": crops, "partner": partners, "params": {k: torch.from_numpy(v.astype(np.int64))
+                                                                 for k, v in prm.items()},
+                 "partner_params": {k: torch.from_numpy(v.astype(np.int64)) for k, v in pprm.items()},
+                 "topk_ids": torch.zeros(n, 1, dtype=torch.long), "topk_probs": torch.ones(n, 1)}
+        x, _ = DeviceReplay(policy, 10, device=device)(batch)
+        with torch.no_grad():
+            a = torch.cat([teacher(x[k:k + 100]).argmax(1).cpu() for k in range(0, n, 100)])
+            refn = policy.normalize(ref).to(device)
+            b = torch.cat([teacher(refn[k:k + 100]).argmax(1).cpu() for k in range(0, n, 100)])
+        agree = (a == b).float().mean().item()
+        out[name] = {"records": n, "size": size, "mean_abs_diff": diff.float().mean().item(),
+                     "max_abs_diff": int(diff.max()), "pixels_differing": (diff > 0).float().mean().item(),
+                     "teacher_top1_agreement": agree}
+        worst_mad = max(worst_mad, out[name]["mean_abs_diff"])
+        worst_max = max(worst_max, out[name]["max_abs_diff"])
+        worst_agree = min(worst_agree, agree)
+    out.update(mean_abs_diff=worst_mad, max_abs_diff=worst_max, teacher_top1_agreement=worst_agree,
+               ok=worst_mad <= 1.0 and worst_agree >= 0.99)
+    return out
+
+
+def check_replay_throughput(args) -> dict:
+    """Batched DeviceReplay (RA, erasing, mixing, normalise, densify) images/s on pre-cropped batches."""
+    device = torch.device(args.device)
+    size = 48 if args.small else 224
+    bs = 16 if args.small else args.batch_size
+    iters = 3 if args.small else args.iters
+    imgs = _photos(4 if args.small else 8)
+    out = {"batch_size": bs, "size": size, "iters": iters}
+    for name in ("rrc+ra/re", "rrc+mix+ra/re"):
+        policy = create_policy(name, output_size=size)
+        crops, partners, prm, pprm = _records(policy, imgs, bs, seed=2)
+        batches = []
+        for it in range(4):  # different params per batch (different op groupings)
+            p2 = policy.sample(10 + it, np.arange(bs) % len(imgs), it, 375, 500, num_samples=len(imgs))
+            for k in ("mix_partner",):
+                p2.pop(k, None)
+            prm_it = {**prm, **p2}
+            pp = pprm if policy.uses_mix else {k: np.zeros_like(v) for k, v in prm_it.items()}
+            batches.append({
+                "image": crops.to(device), "partner": partners.to(device),
+                "params": {k: torch.from_numpy(v.astype(np.int64)) for k, v in prm_it.items()},
+                "partner_params": {k: torch.from_numpy(v.astype(np.int64)) for k, v in pp.items()},
+                "topk_ids": torch.randint(0, 1000, (bs, 10), device=device),
+                "topk_probs": torch.full((bs, 10), 0.09, device=device),
+                "is_original": torch.zeros(bs, dtype=torch.bool), "label": torch.zeros(bs, dtype=torch.long)})
+        replay = DeviceReplay(policy, 1000, device=device)
+        for b in batches[:2]:  # warm-up
+            replay(b)
+        _sync(device)
+        t0 = time.perf_counter()
+        for it in range(iters):
+            replay(batches[it % len(batches)])
+        _sync(device)
+        dt = time.perf_counter() - t0
+        out[name] = {"images_per_s": bs * iters / dt, "ms_per_batch": 1000 * dt / iters}
+    out["images_per_s"] = out["rrc+ra/re"]["images_per_s"]
+    out["target_images_per_s"] = 20000 if device.type == "cuda" else None
+    out["ok"] = True
+    return out
+
+
+# ---------------------------------------------------------------------------
+# CHECKS: the functions this script runs, in order. Each takes the parsed args and
+# returns a JSON-able dict with an "ok" entry. Builder owner: add the build-throughput
+# check (e.g. ``check_build_throughput``) to this list.
+# ---------------------------------------------------------------------------
+CHECKS = {
+    "agreement": check_agreement,
+    "throughput": check_replay_throughput,
+}
+
+
+# ---------------------------------------------------------------------------
+# Builder owner's block (begin): the build checks live in benchmarks/build_throughput.py.
+# ---------------------------------------------------------------------------
+def _build_throughput_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_throughput", Path(__file__).with_name("build_throughput.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def check_build(args) -> dict:
+    """Device build vs CPU build (params identical, top-1 agreement, determinism), then builder
+    throughput vs the teacher alone (IG-ResNeXt-101 ensemble, random init; target ratio >= 0.9)."""
+    import os
+
+    bt = _build_throughput_module()
+    if args.small:
+        agreement = bt.check_device_build(args.device, samples=4, augs=4, image_size=48, num_workers=0)
+        tp = bt.measure(device=args.device, teacher="resnet18", batch_size=16, samples=4, augs=8, image_size=48,
+                        policy="rrc+ra/re", num_workers=0, teacher_input_size=48)
+    else:
+        agreement = bt.check_device_build(args.device)
+        tp = bt.measure(device=args.device, teacher=",".join(bt.IG_RESNEXT_ENSEMBLE), batch_size=args.batch_size,
+                        samples=64, augs=200, image_size=224, policy="rrc+ra/re",
+                        num_workers=min(12, os.cpu_count() or 1))
+    strict = args.device.startswith("cuda") and not args.small
+    return {"device_build": agreement, "throughput": tp, "ratio": tp["ratio"], "target_ratio": 0.9 if strict else None,
+            "ok": bool(agreement["ok"] and (tp["ratio"] >= 0.9 if strict else True))}
+
+
+CHECKS["build"] = check_build
+# ---------------------------------------------------------------------------
+# Builder owner's block (end).
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--small", action="store_true", help="small sizes (CI smoke run on the CPU)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--only", nargs="*", choices=list(CHECKS), help="run only these checks")
+    args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda requested but CUDA is not available; pass --device cpu --small")
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    result = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
+              "torch": torch.__version__}
+    for name, fn in CHECKS.items():
+        if args.only and name not in args.only:
+            continue
+        t = time.perf_counter()
+        result[name] = fn(args)
+        result[name]["seconds"] = round(time.perf_counter() - t, 2)
+    result["ok"] = all(v["ok"] for v in result.values() if isinstance(v, dict) and "ok" in v)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["ok"] else 1)
