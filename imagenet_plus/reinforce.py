@@ -37,6 +37,7 @@ finished sample block; it is removed once the manifest is written.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -595,8 +596,8 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
         ...                          dataset_name="digits", teacher_desc={"models": ["resnet18"]},
         ...                          samples_per_shard=256, augs_per_shard=4, batch_size=64)
     """
-    from .store import (MANIFEST_NAME, SHARD_DIR, FileEntry, Manifest, plan_shards, read_shard_entry,
-                        resolve_shard_shape, sha256_file, write_manifest, write_samples, write_shard)
+    from .store import (FORMAT_VERSION, MANIFEST_NAME, SHARD_DIR, Manifest, compute_build_id, plan_shards,
+                        read_shard_entry, resolve_shard_shape, write_manifest, write_samples, write_shard)
 
     t_start = time.perf_counter()
     stats = stats if stats is not None else BuildStats()
@@ -629,6 +630,8 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
                          topk=topk, num_classes=num_classes, policy=policy.config,
                          fields=[f.to_json() for f in fields], teacher=teacher_desc, seed=int(seed),
                          samples_per_shard=sps, augs_per_shard=aps, extra=extra or {})
+    # Every file of this build carries its id, so a shard from another build is never kept or read.
+    build_id = compute_build_id(**settings, format_version=FORMAT_VERSION, keys=_keys_digest(base))
     out.mkdir(parents=True, exist_ok=True)
     (out / SHARD_DIR).mkdir(exist_ok=True)
     _check_or_record_settings(out, settings)
@@ -641,7 +644,7 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
         name = _shard_name(r)
         if (out / name).is_file():
             try:
-                entries[r] = read_shard_entry(out, name, fields)
+                entries[r] = read_shard_entry(out, name, fields, build_id=build_id)
                 stats.shards_kept += 1
                 continue
             except StoreError:
@@ -675,7 +678,7 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
         s0, s1 = block["range"]
         _write_identity(out, s0, s1, block["labels"], block["hashes"])
         for r, work in zip(block["shards"], block["works"]):
-            entries[r] = _write_shard_checked(write_shard, out, r, work.arrays(ids_bytes), fields)
+            entries[r] = _write_shard_checked(write_shard, out, r, work.arrays(ids_bytes), fields, build_id)
             stats.shards_built += 1
             stats.bytes_written += entries[r].bytes
 
@@ -735,17 +738,15 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
     shard_entries = []
     for r in plan:
         e = entries.get(r)
-        shard_entries.append(e if e is not None else read_shard_entry(out, _shard_name(r), fields))
+        shard_entries.append(e if e is not None else read_shard_entry(out, _shard_name(r), fields,
+                                                                       build_id=build_id))
     labels, hashes = _collect_identity(base, out, plan)
-    samples_entry = write_samples(out, labels, sample_keys(base), hashes)
-    _canonical_header(out / samples_entry.file)
-    samples_entry = FileEntry(samples_entry.file, (out / samples_entry.file).stat().st_size,
-                              sha256_file(out / samples_entry.file))
+    samples_entry = write_samples(out, labels, sample_keys(base), hashes, build_id=build_id)
     manifest = Manifest(dataset=dataset_name, split=split, num_samples=n, num_augmentations=num_augmentations,
                         topk=topk, num_classes=num_classes, policy=policy.config, fields=fields,
                         teacher=dict(teacher_desc), seed=int(seed), builder_version=__version__,
                         samples_per_shard=sps, augs_per_shard=aps, samples_file=samples_entry,
-                        shards=shard_entries, extra=dict(extra or {}))
+                        shards=shard_entries, extra=dict(extra or {}), build_id=build_id)
     write_manifest(out, manifest)
     shutil.rmtree(out / _BUILD_DIR, ignore_errors=True)
     _remove_temp_files(out / SHARD_DIR, None)
@@ -764,13 +765,12 @@ def _shard_name(r: tuple) -> str:
     return shard_filename(*r)
 
 
-def _write_shard_checked(write_shard, out: Path, r: tuple, arrays: dict, fields):
+def _write_shard_checked(write_shard, out: Path, r: tuple, arrays: dict, fields, build_id: str):
     from .store import read_shard_entry
 
     try:
-        write_shard(out, *r, arrays, fields)
-        _canonical_header(out / _shard_name(r))
-        return read_shard_entry(out, _shard_name(r), fields)
+        write_shard(out, *r, arrays, fields, build_id=build_id)
+        return read_shard_entry(out, _shard_name(r), fields, build_id=build_id)
     except OSError as e:
         name = _shard_name(r)
         _remove_temp_files((out / name).parent, [Path(name).name])
@@ -780,38 +780,12 @@ def _write_shard_checked(write_shard, out: Path, r: tuple, arrays: dict, fields)
                                f"to resume") from e
 
 
-def _canonical_header(path: Path) -> None:
-    """Rewrite a safetensors file's header with its ``__metadata__`` keys sorted (same length, same data).
-
-    Workaround: ``safetensors`` serialises the metadata dict from a Rust ``HashMap``, so the key
-    order (and hence the file's bytes and sha256) changes from process to process. Sorting the
-    keys makes equal builds byte-identical. A no-op on a file that is already canonical; delete
-    this once ``imagenet_plus.store`` writes canonical headers itself.
-    """
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        n = int.from_bytes(raw, "little")
-        header = f.read(n)
-        header_doc = json.loads(header)
-        meta = header_doc.get("__metadata__")
-        if not meta or list(meta) == sorted(meta):
-            return
-        header_doc["__metadata__"] = dict(sorted(meta.items()))
-        new = json.dumps(header_doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        if len(new) > n:
-            return
-        new = new + b" " * (n - len(new))
-        body = f.read()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw + new + body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _keys_digest(base) -> str:
+    """sha256 of the base dataset's sample keys in order (part of the build id)."""
+    h = hashlib.sha256()
+    for k in sample_keys(base):
+        h.update(k.encode("utf-8") + b"\0")
+    return h.hexdigest()
 
 
 def _collect_identity(base, out: Path, plan) -> tuple[np.ndarray, np.ndarray]:

@@ -296,3 +296,21 @@ def test_resolve_dist_env():
     with pytest.raises(ReinforcementError, match="must be integers"):
         resolve_dist_env({"SLURM_PROCID": "x", "SLURM_NTASKS": "2"})
 
+
+
+def test_a_shard_from_another_build_is_replaced_not_kept(reference, base, policy, tmp_path):
+    """A same-named shard left by a build with another seed carries another build id: rebuilt, never kept."""
+    other = tmp_path / "other"
+    _build(base, other, policy, seed=4)
+    out = tmp_path / "out"
+    name = shard_filename(0, SPS, 0, APS)
+    (out / name).parent.mkdir(parents=True)
+    (out / name).write_bytes((other / name).read_bytes())
+    stats = BuildStats()
+    m = _build(base, out, policy, stats=stats)
+    assert stats.shards_kept == 0
+    assert m.build_id and m.build_id == reference["manifest"].build_id
+    assert _digests(out) == reference["digests"]
+    assert read_shard_entry(out, name, m.fields, build_id=m.build_id).sha256 == m.shards[0].sha256
+    with pytest.raises(StoreError, match="another build"):
+        read_shard_entry(other, name, m.fields, build_id=m.build_id)
