@@ -50,8 +50,29 @@ __all__ = ["ReinforcedDataset", "ImageNetPlus", "CIFAR100Plus", "Flowers102Plus"
 # _rng streams of this module (the policy uses 1..8).
 _STREAM_CHOICE = 101  # original-or-replay draw and the random augmentation index
 _STREAM_CYCLE = 102  # per-sample permutations of "cycle" sampling
-_STREAM_ORIGINAL = 103  # seed of the fresh geometric params of original images
+_STREAM_ORIGINAL = 103  # seed of the fresh params of original images (policy.sample under it)
 _FAST_CHECK_SAMPLES = 16
+
+
+def _original_params(policy, seed: int, i: int, epoch: int, height: int, width: int,
+                     num_samples: int) -> dict[str, np.ndarray]:
+    """The params of original image ``i`` in ``epoch``: the policy's ordinary random augmentation, unmixed.
+
+    Every single-image field (crop, flip, RandAugment ops and signs, erasing) is drawn by
+    ``policy.sample`` with a seed derived from ``seed`` on stream ``_STREAM_ORIGINAL``, for
+    record ``(i, epoch)`` of an image ``height x width``, so it depends only on
+    ``(seed, epoch, sample)``. Mixing fields say "no mix" (``mix_kind`` 0, ``mix_lam`` 1):
+    an original's target is its one-hot label. ``imagenet_plus.hf`` uses this same function.
+    """
+    derived = int(_rng.record_keys(seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
+    drawn = policy.sample(derived, i, epoch, height, width, num_samples)
+    params = {k: v[0] for k, v in drawn.items()}
+    for name in ("mix_partner", "mix_kind", "mix_box"):
+        if name in params:
+            params[name] = np.zeros_like(params[name])
+    if "mix_lam" in params:
+        params["mix_lam"] = np.full_like(params["mix_lam"], 65535)
+    return params
 
 
 def _verify_choice(value, arg: str, valid: Sequence[str]) -> str:
@@ -116,9 +137,9 @@ class ReinforcedDataset(Dataset):
     Training items are ``(image, soft_target)``: the replayed augmentation as a
     normalised float32 tensor ``[3, S, S]`` and a float32 distribution ``[C]``
     summing to 1 (the teacher's top-k, densified). With probability
-    ``p_original`` an item is the original image instead, with a fresh random
-    crop and flip of the policy (not stored, no photometric ops) and a one-hot
-    target. With ``device`` other than ``"cpu"`` items are dicts for
+    ``p_original`` an item is the original image instead, with the policy's ordinary
+    random augmentation (freshly drawn, not stored: crop, flip, RandAugment, erasing;
+    never mixed) and a one-hot target. With ``device`` other than ``"cpu"`` items are dicts for
     :class:`~imagenet_plus.replay.DeviceReplay`, which finishes whole batches on
     the device (see :meth:`create_device_replay`).
 
@@ -136,7 +157,8 @@ class ReinforcedDataset(Dataset):
             :class:`~imagenet_plus.store.ReinforcementStore`.
         num_augmentations: use the first ``num_augmentations`` stored augmentations
             (default all).
-        p_original: probability of an original image with its one-hot label.
+        p_original: probability of an original image (freshly augmented by the policy, never
+            mixed) with its one-hot label.
         densify: ``"smooth"`` (spread the tail mass over the other classes) or ``"none"``.
         sampling: ``"random"`` (an augmentation drawn per epoch) or ``"cycle"`` (each
             augmentation exactly once per ``num_augmentations`` epochs).
@@ -281,16 +303,7 @@ class ReinforcedDataset(Dataset):
         return int(store_index) if self._from_store is None else int(self._from_store[store_index])
 
     def _original_params(self, i: int, epoch: int, height: int, width: int) -> dict[str, np.ndarray]:
-        seed = int(_rng.record_keys(self.seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
-        p = self.policy.sample(seed, i, epoch, height, width, len(self.store))
-        params = {k: v[0] for k, v in p.items()}
-        params["ops"] = params["ops"] & np.asarray(1, dtype=params["ops"].dtype)  # keep the flip only
-        for name in ("erase", "mix_partner", "mix_kind", "mix_box"):
-            if name in params:
-                params[name] = np.zeros_like(params[name])
-        if "mix_lam" in params:
-            params["mix_lam"] = np.full_like(params["mix_lam"], 65535)
-        return params
+        return _original_params(self.policy, self.seed, i, epoch, height, width, len(self.store))
 
     def _one_hot_topk(self, label: int) -> tuple[np.ndarray, np.ndarray]:
         k, c = self.store.topk, self.num_classes

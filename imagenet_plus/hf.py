@@ -451,10 +451,10 @@ def check_parquet(folder: str | os.PathLike, manifest) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- transform
-# The streams of imagenet_plus.datasets.ReinforcedDataset: with the same seed and epoch, both paths pick the
-# same (is_original, j) per sample and draw the same fresh crops (tests/test_hf.py checks the parity).
+# The choice stream of imagenet_plus.datasets.ReinforcedDataset: with the same seed and epoch, both paths pick
+# the same (is_original, j) per sample; originals' params come from the dataset module's own
+# _original_params, so both draw the same augmentation (tests/test_hf.py checks the parity).
 _STREAM_CHOICE = 101
-_STREAM_ORIGINAL = 103
 
 
 class ReplayTransform:
@@ -465,7 +465,8 @@ class ReplayTransform:
     epoch, from counter-based draws on ``(seed, i, epoch)``, either a stored augmentation ``j``
     (uniform in ``[0, num_augmentations)``), replayed on the row's ``image`` with
     :meth:`Policy.apply` and paired with the teacher's densified top-k, or (with probability
-    ``p_original``) the original image with a fresh crop and flip and its one-hot label, as
+    ``p_original``) the original image with the policy's ordinary random augmentation (drawn
+    afresh, never mixed) and its one-hot label, as
     :class:`imagenet_plus.datasets.ReinforcedDataset` does. Call :meth:`set_epoch` each epoch.
     """
 
@@ -590,8 +591,13 @@ class ReplayTransform:
         return {"pixel_values": self.policy.normalize(pixels), "soft_target": target}
 
     def original(self, row: Mapping[str, Any], epoch: int | None = None) -> dict[str, torch.Tensor]:
-        """The original image of one row with a fresh crop and flip (no photometric ops) and its one-hot label."""
-        from . import _rng
+        """The original image of one row, freshly augmented by the policy (never mixed), with its one-hot label.
+
+        The params are drawn exactly as :class:`imagenet_plus.datasets.ReinforcedDataset` draws
+        them (crop, flip, RandAugment, erasing from ``Policy.sample`` on the original-image stream,
+        mixing off) and replayed with :meth:`Policy.apply`.
+        """
+        from .datasets import _original_params
         from .imageio import to_rgb_image
         from .targets import one_hot
 
@@ -600,15 +606,7 @@ class ReplayTransform:
             raise StoreError(f"row {i} has no 'label'; original images (p_original > 0) are paired with it")
         image = to_rgb_image(image)
         e = self.epoch if epoch is None else int(epoch)
-        seed = int(_rng.record_keys(self.seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
-        drawn = self.policy.sample(seed, i, e, image.height, image.width, self.manifest.num_samples)
-        params = {k: v[0] for k, v in drawn.items()}
-        params["ops"] = params["ops"] & np.asarray(1, dtype=params["ops"].dtype)  # the flip bit only
-        for name in ("erase", "mix_partner", "mix_kind", "mix_box"):
-            if name in params:
-                params[name] = np.zeros_like(params[name])
-        if "mix_lam" in params:
-            params["mix_lam"] = np.full_like(params["mix_lam"], 65535)
+        params = _original_params(self.policy, self.seed, i, e, image.height, image.width, self.manifest.num_samples)
         pixels = self.policy.apply(image, params)
         target = one_hot(torch.tensor(int(row["label"])), self.manifest.num_classes)
         return {"pixel_values": self.policy.normalize(pixels), "soft_target": target}
@@ -647,8 +645,9 @@ def create_transform(reinforcements, policy=None, num_augmentations: int | None 
         seed: seed of the per-epoch choices (``None``: drawn once, see ``transform.seed``). Draws
             depend only on ``(seed, sample index, epoch)``, never on worker count or access order.
         densify: ``"smooth"`` (spread the tail mass over the other classes) or ``"none"``.
-        p_original: probability of the original image with a fresh crop and flip and its one-hot
-            label (the paper trains with 0.01; default 0, replay only).
+        p_original: probability of the original image with the policy's ordinary random
+            augmentation (drawn afresh, never mixed) and its one-hot label (the paper trains with
+            0.01; default 0, replay only).
         source: where params and targets come from: ``"row"`` (the Parquet columns), ``"store"``
             (the safetensors shards, by the row's ``index``) or ``"auto"`` (the row when it has them).
         partners: mixing policies only: the dataset (un-transformed) to read partner images from.

@@ -48,7 +48,8 @@ class DeviceReplay:
     int64 [B,K], "topk_probs": float32 [B,K], "is_original": bool [B], "label": int64 [B]}``
     (what ``default_collate`` makes of the device-path items). Returns ``(images float32
     [B,3,S,S], targets float32 [B,C])`` on the device. Records with ``is_original`` are
-    only normalised and get one-hot targets.
+    finished like the others (their params carry the RandAugment ops and erasing box the
+    dataset drew afresh) but never mixed, and get one-hot targets.
 
     Example:
         >>> replay = DeviceReplay("rrc+ra/re", num_classes=1000, device="cuda")
@@ -72,7 +73,7 @@ class DeviceReplay:
         return (f"DeviceReplay(policy={self.policy.name!r}, num_classes={self.num_classes}, "
                 f"densify={self.densify!r}, device={str(self.device)!r})")
 
-    def _params(self, params: Mapping[str, Any], keep: np.ndarray) -> dict[str, np.ndarray]:
+    def _params(self, params: Mapping[str, Any], may_mix: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
         for f in self.policy.fields:
             if f.name not in params:
@@ -80,8 +81,8 @@ class DeviceReplay:
                                   f"{[x.name for x in self.policy.fields]} (does the store's policy match?)")
             v = params[f.name]
             v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-            if f.name in ("ops", "erase", "mix_kind"):  # originals: no photometric ops, no erasing, no mixing
-                v = np.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0)
+            if f.name == "mix_kind":  # originals are never mixed (their target is one-hot)
+                v = np.where(may_mix.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0)
             out[f.name] = v
         return out
 

@@ -5,7 +5,9 @@ a store over it with a random-init timm teacher (``build_reinforcements``),
 then check that the teacher rerun on the replayed images reproduces the stored
 top-k, that soft targets are distributions whose top-1 is the stored top-1,
 that ``cycle`` sampling uses every augmentation once per cycle across
-DataLoader workers, and that the CPU and device paths give the same batches.
+DataLoader workers, that the CPU and device paths give the same batches, and
+that original images get the policy's own random augmentation (RandAugment and
+erasing included, never mixed), identically on both paths and for any worker count.
 Misalignment and bad input are in ``test_datasets_alignment.py``.
 """
 
@@ -23,8 +25,17 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import datasets as tvd
 
 from fakes.torchvision_data import make_cifar100, make_flowers102, make_food101, make_imagenet, skip_md5_checks
+from imagenet_plus import _rng
 from imagenet_plus.augment import create_policy
-from imagenet_plus.datasets import CIFAR100Plus, Flowers102Plus, Food101Plus, ImageNetPlus, ReinforcedDataset
+from imagenet_plus.datasets import (
+    _STREAM_ORIGINAL,
+    CIFAR100Plus,
+    Flowers102Plus,
+    Food101Plus,
+    ImageNetPlus,
+    ReinforcedDataset,
+)
+from imagenet_plus.identity import load_sample
 from imagenet_plus.reinforce import build_reinforcements
 from imagenet_plus.schema import PROB_CODE_SCALE
 from imagenet_plus.targets import SoftTargetCrossEntropy
@@ -208,6 +219,41 @@ def test_original_images_get_one_hot_targets(case):
         assert float(target.max()) == 1.0 and int(target.argmax()) == base[d][1]
 
 
+def _expected_original_params(policy, seed, i, epoch, image, num_samples):
+    """Original-image params drawn as the issue states: ``Policy.sample`` under stream 103, mixing off."""
+    derived = int(_rng.record_keys(seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
+    drawn = policy.sample(derived, i, epoch, image.height, image.width, num_samples)
+    params = {k: v[0] for k, v in drawn.items()}
+    if policy.uses_mix:
+        params.update(mix_partner=np.zeros((), "<u4"), mix_kind=np.zeros((), "|u1"),
+                      mix_lam=np.full((), 65535, "<u2"), mix_box=np.zeros_like(params["mix_box"]))
+    return params
+
+
+def _identity(x):
+    return x
+
+
+def test_original_images_get_the_policys_random_augmentation(case):
+    ds = ReinforcedDataset(case.base(), case.store, p_original=1.0, seed=2, transform=_identity)
+    base = case.base()
+    with_ra = changed_by_finish = 0
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        for d in range(len(ds)):
+            image, label = load_sample(base, d)
+            params = _expected_original_params(case.policy, 2, ds._store_index(d), epoch, image, len(ds))
+            case.policy.check_params(params)
+            x, target = ds[d]
+            assert torch.equal(x, case.policy.apply(image, params)), (case.name, d, epoch)
+            assert torch.equal(target, torch.nn.functional.one_hot(torch.tensor(label), case.num_classes).float())
+            with_ra += int(params["ops"]) >> 1 != 0
+            changed_by_finish += not torch.equal(x, case.policy.crop(image, params))
+    n = 2 * len(ds)
+    assert with_ra > n // 2  # RandAugment(2, 9) ops drawn for originals (only op id 0 twice encodes as 0)
+    assert changed_by_finish > n // 2, (case.name, changed_by_finish, n)
+
+
 def test_soft_targets_work_with_timm_and_our_loss(case):
     ds = case.plus_train(p_original=0.0, seed=1)
     images, targets = default_collate([ds[k] for k in range(len(ds))])
@@ -228,3 +274,59 @@ def test_evaluation_split_yields_image_and_label(case):
     assert image.dtype == torch.float32 and image.shape == (3, 224, 224)
     assert label == base[0][1] and isinstance(label, int)
     assert f"split={split}" in repr(ds)
+
+
+@pytest.fixture(scope="module")
+def erasing_case(tmp_path_factory):
+    """A small ImageNet store whose policy always erases (p=1, fill 0), so erased originals are visible."""
+    tmp = tmp_path_factory.mktemp("erasing")
+    fake = make_imagenet(tmp / "data", 3, 2, 1)
+    policy = create_policy("rrc+ra/re", output_size=SIZE, erasing={"p": 1.0, "value": 0})
+    case = Case("imagenet", ImageNetPlus, fake.root, tmp / "store", None, policy, fake.num_classes, 2)
+    weights = torch.randn(3, fake.num_classes, generator=torch.Generator().manual_seed(0))
+
+    def teacher(u8: torch.Tensor) -> torch.Tensor:
+        return (u8.float().mean((2, 3)) / 64 @ weights).softmax(-1)
+
+    build_reinforcements(case.base(), case.store, policy=policy, teacher=teacher, num_classes=fake.num_classes,
+                         num_augmentations=2, topk=2, seed=3, dataset_name="imagenet",
+                         teacher_desc={"model": "linear", "init": "random"}, samples_per_shard=4,
+                         augs_per_shard=2, batch_size=8, progress=False, split="train")
+    return case
+
+
+def test_originals_are_erased_when_the_policy_always_erases(erasing_case):
+    case = erasing_case
+    cpu = ReinforcedDataset(case.base(), case.store, p_original=1.0, seed=4, transform=_identity)
+    dev = ReinforcedDataset(case.base(), case.store, p_original=1.0, seed=4, device="cuda")
+    for d in range(len(cpu)):
+        params = cpu._original_params(cpu._store_index(d), 0, *load_sample(case.base(), d)[0].size[::-1])
+        top, left, h, w = (int(v) for v in params["erase"])
+        assert h > 0 and w > 0, params
+        x, _ = cpu[d]
+        box = x[:, top:top + h, left:left + w]
+        assert int(box.max()) == 0, d  # the erased box holds the fill value
+        assert int(x.max()) > 0  # and the rest of the image is still there
+    order = list(range(len(dev)))
+    x, t = dev.create_device_replay(device="cpu")(default_collate([dev[k] for k in order]))
+    normalised = ReinforcedDataset(case.base(), case.store, p_original=1.0, seed=4)
+    assert torch.equal(x, torch.stack([normalised[k][0] for k in order]))
+    hot = torch.nn.functional.one_hot(torch.as_tensor(normalised.labels), case.num_classes).float()
+    torch.testing.assert_close(t, hot)
+
+
+def test_originals_do_not_depend_on_the_worker_count(erasing_case):
+    ds = ReinforcedDataset(erasing_case.base(), erasing_case.store, p_original=0.5, seed=6)
+
+    def run(num_workers):
+        loader = DataLoader(ds, batch_size=4, num_workers=num_workers, persistent_workers=num_workers > 0)
+        out = []
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            out += [(x.clone(), y.clone()) for x, y in loader]
+        return out
+
+    kinds = [ds.choose(k, e)[0] for k in range(len(ds)) for e in range(3)]
+    assert any(kinds) and not all(kinds)
+    for (xa, ya), (xb, yb) in zip(run(0), run(2), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)

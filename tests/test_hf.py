@@ -207,6 +207,31 @@ def test_parity_with_reinforced_dataset(built):
     assert 0 < originals < 3 * N
 
 
+def test_original_rows_get_the_policys_random_augmentation(built):
+    """p_original=1: every item is the original with Policy.sample's draw on the original stream, unmixed."""
+    from imagenet_plus import _rng
+    from imagenet_plus.datasets import _STREAM_ORIGINAL
+
+    base, policy, folder, _ = built
+    ds = datasets.load_dataset(str(folder), split="train")
+    t = create_transform(folder, seed=5, p_original=1.0)
+    derived = int(_rng.record_keys(5, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
+    ra = erased = changed_by_finish = 0
+    for epoch in (0, 1):
+        t.set_epoch(epoch)
+        for i in range(N):
+            image = Image.fromarray(base.data[i])
+            params = {k: v[0] for k, v in policy.sample(derived, i, epoch, image.height, image.width, N).items()}
+            out = t.item(ds[i])
+            assert torch.equal(out["pixel_values"], policy.normalize(policy.apply(image, params))), (i, epoch)
+            assert torch.equal(out["soft_target"], torch.nn.functional.one_hot(torch.tensor(base.targets[i]),
+                                                                               100).float())
+            ra += int(params["ops"]) >> 1 != 0  # RandAugment(2, 9) ops drawn (only op id 0 twice encodes as 0)
+            erased += int(params["erase"][2]) > 0
+            changed_by_finish += not torch.equal(out["pixel_values"], policy.normalize(policy.crop(image, params)))
+    assert ra > N and erased > 0 and changed_by_finish > N  # erasing p=0.25 over 20 draws; RA changes most images
+
+
 def test_card(built):
     _, _, folder, result = built
     card = DatasetCard.load(result.card)

@@ -23,9 +23,22 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 S = 64
 
 
+def _no_mix(params):
+    """Original-image params as the dataset makes them: the policy's own draw with mixing off."""
+    out = dict(params)
+    if "mix_kind" in out:
+        out.update(mix_partner=np.zeros_like(out["mix_partner"]), mix_kind=np.zeros_like(out["mix_kind"]),
+                   mix_lam=np.full_like(out["mix_lam"], 65535), mix_box=np.zeros_like(out["mix_box"]))
+    return out
+
+
 def _batch(policy, imgs, n, seed=0, p_original=0.0, num_classes=10, K=3):
+    """Collated device-path items for ``n`` records and the per-sample CPU replay of each.
+
+    Records drawn as originals (probability ``p_original``) carry their own freshly drawn params
+    with mixing off, as ``ReinforcedDataset`` makes them, and zero partners.
+    """
     S = policy.output_size
-    """Collated device-path items for ``n`` records and the per-sample CPU replay of each."""
     names = sorted(imgs)
     N = len(names)
     i = np.arange(n) % N
@@ -33,11 +46,19 @@ def _batch(policy, imgs, n, seed=0, p_original=0.0, num_classes=10, K=3):
     sizes = np.array([imgs[k].size for k in names])
     prm = policy.sample(seed, i, j, sizes[i, 1], sizes[i, 0], num_samples=N)
     rng = np.random.default_rng(seed)
+    is_orig = np.random.default_rng(seed + 1).random(n) < p_original
     images, partners, pparams, ref = [], [], {k: [] for k in prm}, []
     for r in range(n):
         one = {k: v[r] for k, v in prm.items()}
         images.append(policy.crop(imgs[names[i[r]]], one))
-        if policy.uses_mix:
+        if is_orig[r]:
+            one = _no_mix(one)
+            for k in prm:
+                prm[k][r] = one[k]
+            pp = {k: np.zeros_like(v) for k, v in one.items()}
+            partners.append(torch.zeros(3, S, S, dtype=torch.uint8))
+            ref.append(policy.apply(imgs[names[i[r]]], one))
+        elif policy.uses_mix:
             p = int(one["mix_partner"])
             pp = policy.sample(seed, p, j[r], sizes[p, 1], sizes[p, 0], num_samples=N)
             pp = {k: v[0] for k, v in pp.items()}
@@ -51,7 +72,6 @@ def _batch(policy, imgs, n, seed=0, p_original=0.0, num_classes=10, K=3):
             pparams[k].append(pp[k])
     ids = np.stack([rng.permutation(num_classes)[:K] for _ in range(n)])
     probs = np.sort(rng.dirichlet(np.ones(K + 1), size=n)[:, :K], axis=1)[:, ::-1].astype(np.float32)
-    is_orig = rng.random(n) < p_original
     batch = {
         "image": torch.stack(images),
         "partner": torch.stack(partners),
@@ -87,15 +107,27 @@ def test_device_replay_matches_per_sample_replay(name, device, imgs):
     torch.testing.assert_close(t.sum(1).cpu(), torch.ones(40))
 
 
-def test_originals_are_only_normalised_and_get_one_hot(imgs):
-    policy = create_policy("rrc+mix+ra/re", output_size=S)
+@pytest.mark.parametrize("name", ["rrc+ra/re", "rrc+mix+ra/re"])
+def test_originals_are_finished_unmixed_and_get_one_hot(name, imgs):
+    policy = create_policy(name, output_size=S, erasing={"p": 1.0})
     batch, ref = _batch(policy, imgs, 30, p_original=0.5)
     orig = batch["is_original"]
     assert orig.any() and (~orig).any()
-    x, t = DeviceReplay(policy, 10, device="cpu")(batch)
-    assert torch.equal(x[orig], policy.normalize(batch["image"][orig]))
-    assert torch.equal(x[~orig], policy.normalize(ref[~orig]))
+    replay = DeviceReplay(policy, 10, device="cpu")
+    x, t = replay(batch)
+    assert torch.equal(x, policy.normalize(ref))  # originals too: Policy.apply of their own params
     assert torch.equal(t[orig], torch.nn.functional.one_hot(batch["label"][orig], 10).float())
+    # RandAugment and erasing reach the originals: no original is just its normalised crop.
+    for r in torch.nonzero(orig).flatten().tolist():
+        assert not torch.equal(x[r], policy.normalize(batch["image"][r])), r
+        top, left, h, w = batch["params"]["erase"][r].tolist()
+        assert h > 0 and w > 0 and torch.equal(ref[r][:, top:top + h, left:left + w],
+                                               torch.zeros(3, h, w, dtype=torch.uint8))
+    if policy.uses_mix:  # a stray mix in an original's params is ignored: originals are never mixed
+        stray = dict(batch, params=dict(batch["params"], mix_kind=torch.where(orig, 1, batch["params"]["mix_kind"]),
+                                        mix_lam=torch.where(orig, 30000, batch["params"]["mix_lam"])),
+                     partner=torch.where(orig.view(-1, 1, 1, 1), 255, batch["partner"]))
+        assert torch.equal(replay(stray)[0], x)
 
 
 def test_teacher_top1_agrees(imgs):
