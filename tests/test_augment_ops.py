@@ -163,3 +163,23 @@ def test_fast_paths_equal_torchvision_kernels_on_noise(op):
                     ours = aops.apply_ra_op(x, op, m, "nearest", fill)
                     ref = aops._torchvision_op(x, op, m, "nearest", fill)
                     assert torch.equal(ours, ref), (op, h, w, neg, mag_bin, fill)
+
+
+@pytest.mark.parametrize("op", ["Equalize", "Brightness", "Posterize", "Solarize"])
+def test_table_paths_equal_torchvision_on_edge_images(op, photo64):
+    """Constant, two-valued and odd-sized images: the CPU tables equal torchvision's kernel exactly."""
+    g = torch.Generator().manual_seed(5)
+    cases = [
+        torch.full((1, 3, 9, 7), 200, dtype=torch.uint8),  # constant: Equalize leaves it (step 0)
+        torch.randint(0, 2, (2, 3, 5, 11), dtype=torch.uint8, generator=g) * 255,  # two values
+        torch.randint(0, 256, (1, 3, 1, 1), dtype=torch.uint8, generator=g),  # odd byte count
+        torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=g),
+        photo64[None] if photo64.ndim == 3 else photo64,
+    ]
+    cases[3][1, 1] = 17  # one constant channel inside a batch
+    for x in cases:
+        for mag_bin in (0, 9, 30):
+            m = aops.ra_magnitude(op, mag_bin, 31, x.shape[-2], x.shape[-1], False)
+            ours = aops.apply_ra_op(x, op, m, "nearest", 0)
+            assert ours.dtype == torch.uint8 and ours.shape == x.shape
+            assert torch.equal(ours, aops._torchvision_op(x, op, m, "nearest", 0)), (op, tuple(x.shape), mag_bin)

@@ -276,6 +276,7 @@ class Policy:
         ``num_samples`` is given) that partner indices lie inside the dataset.
         """
         S = self.output_size
+        small: dict[str, list[int]] = {}  # one record: the values as Python ints (cheap checks)
         for f in self.fields:
             if f.name not in params:
                 raise PolicyError(f"{what}: missing field {f.name!r} for policy {self.name!r}; expected fields "
@@ -284,10 +285,37 @@ class Policy:
             if tuple(v.shape[v.ndim - len(f.shape):]) != f.shape or v.ndim - len(f.shape) > 1:
                 raise PolicyError(f"{what}: field {f.name!r} has shape {tuple(v.shape)}; expected {f.shape} "
                                   f"(one record) or (B, {', '.join(map(str, f.shape))})")
-            if v.size and (v.min() < f.low or v.max() > f.high):
-                raise PolicyError(f"{what}: field {f.name!r} has values in [{v.min()}, {v.max()}], outside "
+            if v.size <= 8 and v.dtype.kind in "iu":
+                vals = small[f.name] = v.reshape(-1).tolist()
+                lo, hi = (min(vals), max(vals)) if vals else (f.low, f.high)
+            elif v.size:
+                lo, hi = v.min(), v.max()
+            else:
+                continue
+            if lo < f.low or hi > f.high:
+                raise PolicyError(f"{what}: field {f.name!r} has values in [{lo}, {hi}], outside "
                                   f"[{f.low}, {f.high}]")
-        code = _np(params["ops"]).astype(np.int64).reshape(-1)
+        if "ops" in small and len(small["ops"]) == 1:
+            self._check_ops_one(small["ops"][0], what)
+        else:
+            self._check_ops(_np(params["ops"]).astype(np.int64).reshape(-1), what)
+        for name in ("erase", "mix_box"):
+            if name in small and len(small[name]) == 4:
+                t, le, h, w = small[name]
+                if t + h > S or le + w > S:
+                    raise PolicyError(f"{what}: box field {name!r} extends outside the {S}x{S} output")
+            elif name in params:
+                b = _np(params[name]).astype(np.int64).reshape(-1, 4)
+                if ((b[:, 0] + b[:, 2] > S) | (b[:, 1] + b[:, 3] > S)).any():
+                    raise PolicyError(f"{what}: box field {name!r} extends outside the {S}x{S} output")
+        if self._mix:
+            if num_samples is not None:
+                p = _np(params["mix_partner"]).astype(np.int64)
+                if p.size and p.max() >= num_samples:
+                    raise PolicyError(f"{what}: mix_partner {p.max()} is outside the dataset "
+                                      f"(num_samples={num_samples}); the store does not match this dataset")
+
+    def _check_ops(self, code: np.ndarray, what: str) -> None:
         if code.size and (code >> (1 + 5 * self._num_ops)).any():
             raise PolicyError(f"{what}: field 'ops' sets bits above the {1 + 5 * self._num_ops} this policy uses")
         for k in range(self._num_ops):
@@ -298,17 +326,18 @@ class Policy:
                                   f"0..{len(RA_OPS) - 1} ({', '.join(RA_OPS)})")
             if (neg.astype(bool) & ~_IS_SIGNED[op]).any():
                 raise PolicyError(f"{what}: field 'ops' sets the negative-magnitude bit on an unsigned op")
-        for name in ("erase", "mix_box"):
-            if name in params:
-                b = _np(params[name]).astype(np.int64).reshape(-1, 4)
-                if ((b[:, 0] + b[:, 2] > S) | (b[:, 1] + b[:, 3] > S)).any():
-                    raise PolicyError(f"{what}: box field {name!r} extends outside the {S}x{S} output")
-        if self._mix:
-            if num_samples is not None:
-                p = _np(params["mix_partner"]).astype(np.int64)
-                if p.size and p.max() >= num_samples:
-                    raise PolicyError(f"{what}: mix_partner {p.max()} is outside the dataset "
-                                      f"(num_samples={num_samples}); the store does not match this dataset")
+
+    def _check_ops_one(self, code: int, what: str) -> None:
+        """:meth:`_check_ops` for one record's code, in Python ints (same checks, same messages)."""
+        if code >> (1 + 5 * self._num_ops):
+            raise PolicyError(f"{what}: field 'ops' sets bits above the {1 + 5 * self._num_ops} this policy uses")
+        for k in range(self._num_ops):
+            op = (code >> (1 + 5 * k)) & 15
+            if op >= len(RA_OPS):
+                raise PolicyError(f"{what}: RandAugment op id {op} in field 'ops' is unknown; valid ids "
+                                  f"0..{len(RA_OPS) - 1} ({', '.join(RA_OPS)})")
+            if (code >> (5 + 5 * k)) & 1 and not _IS_SIGNED[op]:
+                raise PolicyError(f"{what}: field 'ops' sets the negative-magnitude bit on an unsigned op")
 
     # ------------------------------------------------------------------ replay
     def crop(self, image, params: Mapping[str, Any]) -> torch.Tensor:
@@ -339,10 +368,12 @@ class Policy:
         if g["kind"] == "rrc":
             if crop.shape[0] != 4:
                 raise PolicyError(f"Policy.crop: 'crop' must hold 4 values for rrc, got {crop.shape[0]}")
-            h = int(np.clip(_s.dequantize(crop[2], H), 1, H))
-            w = int(np.clip(_s.dequantize(crop[3], W), 1, W))
-            top = int(np.clip(_s.dequantize(crop[0], H), 0, H - h))
-            left = int(np.clip(_s.dequantize(crop[1], W), 0, W - w))
+            qt, ql, qh, qw = (int(v) for v in crop)  # Python ints: exact, no per-call numpy overhead
+            H, W = int(H), int(W)
+            h = min(max(_s.dequantize(qh, H), 1), H)
+            w = min(max(_s.dequantize(qw, W), 1), W)
+            top = min(max(_s.dequantize(qt, H), 0), H - h)
+            left = min(max(_s.dequantize(ql, W), 0), W - w)
             if src is None:
                 region = torch.from_numpy(np.array(image.crop((left, top, left + w, top + h)))).permute(2, 0, 1)
             else:
@@ -362,9 +393,13 @@ class Policy:
             resized = F.resize(src, [rh, rw], interpolation=interp, antialias=g["antialias"])
             padded = F.pad(resized, [p], fill=g["fill"]) if p else resized
             out = padded[:, top:top + S, left:left + S]
-        if int(_np(params["ops"]).reshape(-1)[0]) & 1:
-            out = F.horizontal_flip(out)
-        return out.contiguous()
+        flip = bool(int(_np(params["ops"]).reshape(-1)[0]) & 1)
+        if out.device.type == "cpu":
+            # One numpy copy does the flip and the layout change (the resize kernel leaves
+            # uint8 in HWC order); numpy's strided uint8 copy is about twice torch's.
+            arr = out.numpy()
+            return torch.from_numpy(np.ascontiguousarray(arr[:, :, ::-1] if flip else arr))
+        return (F.horizontal_flip(out) if flip else out).contiguous()
 
     def finish(self, images: torch.Tensor, params: Mapping[str, Any], partners: torch.Tensor | None = None,
                partner_params: Mapping[str, Any] | None = None) -> torch.Tensor:
@@ -456,6 +491,8 @@ class Policy:
             self._norm_cache[key] = ((1.0 / (255.0 * self._std_t)).to(x.device),
                                      (self._mean_t / self._std_t).to(x.device))
         scale, shift = self._norm_cache[key]
+        if x.dtype == torch.uint8:  # uint8 * float32 -> float32 in one pass (same values as converting first)
+            return torch.mul(x, scale).sub_(shift)
         return x.to(torch.float32).mul_(scale).sub_(shift)
 
     def __call__(self, image, params, partner_image=None, partner_params=None) -> torch.Tensor:
