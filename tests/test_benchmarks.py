@@ -1,0 +1,102 @@
+"""Each benchmark script runs at tiny sizes as a subprocess and prints the JSON keys the README reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import run_all  # noqa: E402
+
+
+def _run(script: str, *args: str, timeout: float = 240) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = run_all._last_json(r.stdout)
+    assert out is not None, f"{script} printed no JSON object: {r.stdout[-2000:]}"
+    return out
+
+
+def test_last_json_parsing():
+    assert run_all._last_json('{"a": 1}') == {"a": 1}
+    assert run_all._last_json('progress...\n{"a": 1}\n{"b": [1, 2]}\n') == {"b": [1, 2]}
+    assert run_all._last_json("no json here\n[1, 2]") is None
+    assert run_all._last_json('{"a": 1,\n "b": 2}') == {"a": 1, "b": 2}  # pretty-printed
+
+
+def test_every_listed_benchmark_exists_and_has_small_sizes():
+    for name in run_all.BENCHMARKS:
+        assert (BENCH / f"{name}.py").is_file(), name
+        assert run_all.quick_args(name), f"{name}: no --quick flag and no QUICK_ARGS entry in run_all.py"
+    assert run_all.quick_args("training_cost") == ["--quick"]
+
+
+def test_training_cost_tiny():
+    out = _run("training_cost.py", "--samples", "64", "--num-augmentations", "2", "--epochs", "1",
+               "--batch-size", "32")
+    assert out["benchmark"] == "training_cost"
+    for arm in ("original", "reinforced"):
+        assert len(out[arm]["epoch_seconds"]) == 1 and out[arm]["median_epoch_seconds"] > 0
+        assert out[arm]["median_data_seconds"] > 0
+    assert out["ratio"] == pytest.approx(out["reinforced"]["median_epoch_seconds"]
+                                         / out["original"]["median_epoch_seconds"])
+    assert out["target_ratio"] == 1.05 and isinstance(out["meets_target"], bool)
+    assert out["settings"]["samples"] == 64 and out["settings"]["num_augmentations"] == 2
+
+
+def test_store_access_tiny():
+    out = _run("store_access.py", "--samples", "200", "--augs", "10", "--classes", "100", "--samples-per-shard",
+               "100", "--augs-per-shard", "5", "--reads", "300", "--batch", "32")
+    for key in ("record_warm", "record_fresh_open_cached", "batched_per_record_us", "target_median_us"):
+        assert key in out, key
+    assert out["record_warm"]["median_us"] > 0
+
+
+def test_replay_throughput_tiny():
+    out = _run("replay_throughput.py", "--images", "6", "--augs", "2", "--seconds", "0.3", "--rounds", "2")
+    assert out["benchmark"] == "replay_throughput"
+    for key in ("replay_images_per_s", "torchvision_pil_images_per_s", "ratio"):
+        assert out[key] > 0, key
+
+
+def test_run_all_collects_results_and_reports_failures(tmp_path, capsys, monkeypatch):
+    out_file = tmp_path / "bench.json"
+    monkeypatch.setitem(run_all.QUICK_ARGS, "store_size",
+                        ["--samples", "30", "--augs", "8", "--classes", "50", "--kl-records", "300"])
+    rc = run_all.main(["--quick", "--only", "store_size", "--out", str(out_file)])
+    printed = json.loads(capsys.readouterr().out)
+    assert rc == 0 and printed["ok"] is True and printed["quick"] is True
+    assert json.loads(out_file.read_text()) == printed
+    r = printed["benchmarks"]["store_size"]
+    assert r["ok"] and r["command"][0] == "benchmarks/store_size.py"
+    size = r["result"]
+    assert size["benchmark"] == "store_size" and size["samples"] == 30 and size["augmentations"] == 8
+    for key in ("bytes_per_aug", "record_bytes", "reference_bytes_per_aug", "kl_nats_mean", "meets_size_target"):
+        assert key in size, key
+    assert set(printed["environment"]) >= {"python", "torch", "cpu_count"}
+    # a script that fails is reported with its status and stderr, and run_all exits 1
+    monkeypatch.setitem(run_all.QUICK_ARGS, "store_size", ["--no-such-flag"])
+    rc = run_all.main(["--quick", "--only", "store_size"])
+    printed = json.loads(capsys.readouterr().out)
+    assert rc == 1 and printed["ok"] is False
+    assert printed["benchmarks"]["store_size"]["returncode"] == 2
+    assert "--no-such-flag" in printed["benchmarks"]["store_size"]["stderr_tail"]
+    with pytest.raises(SystemExit) as e:
+        run_all.main(["--only", "nonsense"])
+    assert e.value.code == 2
+
+
+def test_build_throughput_tiny():
+    out = _run("build_throughput.py", "--device", "cpu", "--quick", "--samples", "4", "--augs", "4",
+               "--batch-size", "8", "--image-size", "32", "--teacher-input-size", "32")
+    assert out["ratio"] > 0 and out["ok"] is True

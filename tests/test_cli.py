@@ -1,0 +1,188 @@
+"""The ``imagenet-plus`` command over a small real store (digits, a random-init timm teacher)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagenet_plus.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = "test_resnet"
+
+
+def _save_teacher(path: Path, seed: int, shift_classes: int = 0) -> Path:
+    """A random-init timm teacher for 32 px digits, saved as safetensors plus its JSON sidecar.
+
+    ``shift_classes`` rolls the classifier rows, so the teacher predicts class ``c + shift`` where the
+    unshifted one predicts ``c`` (a deliberately wrong teacher).
+    """
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model(TEACHER, pretrained=False, num_classes=10)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if shift_classes:
+        head = [k for k in state if k.endswith(".weight") and state[k].shape[0] == 10 and state[k].ndim == 2][0]
+        bias = head[: -len("weight")] + "bias"
+        state[head] = torch.roll(state[head], shift_classes, dims=0).contiguous()
+        state[bias] = torch.roll(state[bias], shift_classes, dims=0).contiguous()
+    save_file(state, str(path))
+    path.with_suffix(".json").write_text(json.dumps({
+        "model": TEACHER, "num_classes": 10, "input_size": [3, 32, 32],
+        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A 3-augmentation store over the first 40 digits of the test split, in 3 x 2 shards."""
+    from builders.build import BuildConfig, main as build_main
+
+    tmp = tmp_path_factory.mktemp("cli")
+    ckpt = _save_teacher(tmp / "teacher.safetensors", seed=0)
+    (tmp / "wrong").mkdir()
+    wrong = _save_teacher(tmp / "wrong" / "teacher.safetensors", seed=0, shift_classes=1)
+    cfg = BuildConfig(dataset="digits", split="test", out=str(tmp / "digits-plus"), teacher=TEACHER,
+                      teacher_checkpoint=str(ckpt), pretrained=False, num_augmentations=3, topk=3,
+                      policy="cifar", image_size=32, num_workers=0, device="cpu", samples_per_shard=16,
+                      augs_per_shard=2, limit_samples=40, batch_size=32, progress=False, seed=7)
+    build_main(cfg)
+    return {"store": tmp / "digits-plus", "ckpt": ckpt, "wrong": wrong, "tmp": tmp}
+
+
+def test_help_and_usage_errors(capsys):
+    assert main(["--help"]) == 0
+    assert "info" in capsys.readouterr().out
+    for cmd in ("info", "verify", "show"):
+        assert main([cmd, "--help"]) == 0
+    assert main([]) == 2
+    assert main(["frobnicate"]) == 2
+    assert main(["show", "somewhere"]) == 2  # --index and --out are required
+    err = capsys.readouterr().err
+    assert "required" in err
+
+
+def test_info_text_and_json(built, capsys):
+    assert main(["info", str(built["store"])]) == 0
+    out = capsys.readouterr().out
+    for word in ("digits (split test)", "test_resnet", "cifar", "3 per sample", "40 (120 records)",
+                 "6 (16 samples x 2 augmentations each)", "bytes per augmentation"):
+        assert word in out, (word, out)
+    assert main(["info", str(built["store"]), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["dataset"] == "digits" and d["split"] == "test"
+    assert d["num_samples"] == 40 and d["num_augmentations"] == 3 and d["topk"] == 3 and d["num_classes"] == 10
+    assert d["num_shards"] == 6
+    shard_files = list((built["store"] / "reinforcements").glob("*.safetensors"))
+    assert d["shard_bytes"] == sum(f.stat().st_size for f in shard_files)
+    assert d["bytes_per_augmentation"] == pytest.approx(d["shard_bytes"] / 120)
+    assert d["teacher"]["models"] == [TEACHER]
+
+
+def test_info_missing_store_is_a_data_error(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert "nope" in err and "Traceback" not in err
+    assert main(["info", str(tmp_path)]) == 1  # a folder without manifest.json
+    assert "manifest" in capsys.readouterr().err
+
+
+def test_info_hub_repo_offline_without_cache_is_a_data_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub-cache"), raising=False)
+    assert main(["info", "someorg/digits-plus"]) == 1
+    err = capsys.readouterr().err
+    assert "someorg/digits-plus" in err and "Traceback" not in err
+
+
+def test_info_reads_a_manifest_file(built, capsys):
+    assert main(["info", str(built["store"] / "manifest.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == str(built["store"])
+
+
+def test_verify_ok_and_corruption(built, tmp_path, capsys):
+    assert main(["verify", str(built["store"]), "--full"]) == 0
+    assert "OK" in capsys.readouterr().out
+    # a copy with one flipped byte in a shard fails the full check with exit status 1
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(built["store"], bad)
+    shard = sorted((bad / "reinforcements").glob("*.safetensors"))[2]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(bad), "--full"]) == 1
+    err = capsys.readouterr().err
+    assert shard.name in err and "Traceback" not in err
+
+
+def test_verify_with_the_build_teacher_agrees(built, capsys):
+    rc = main(["verify", str(built["store"]), "--teacher", TEACHER, "--teacher-checkpoint", str(built["ckpt"]),
+               "--dataset", "digits", "--samples", "50", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    t = out["teacher_check"]
+    assert t["records"] == 50
+    assert t["top1_agreement"] == 1.0
+    assert 0.0 <= t["mean_kl"] < 1e-3  # only the 8-bit log-code quantisation of the stored targets
+
+
+def test_verify_with_a_wrong_teacher_fails(built, capsys):
+    rc = main(["verify", str(built["store"]), "--teacher", TEACHER, "--teacher-checkpoint", str(built["wrong"]),
+               "--dataset", "digits", "--samples", "30"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "MISMATCH" in captured.out
+    assert "do not match the teacher rerun" in captured.err
+
+
+def test_verify_wrong_data_is_an_alignment_error(built, capsys):
+    # the builder's digits at another source size are other pixels: caught by the content hashes
+    rc = main(["verify", str(built["store"]), "--teacher", TEACHER, "--teacher-checkpoint", str(built["ckpt"]),
+               "--dataset", "digits", "--source-size", "40", "--samples", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "content hash" in err and "Traceback" not in err
+
+
+def test_verify_usage_errors(built, capsys):
+    assert main(["verify", str(built["store"]), "--teacher-checkpoint", str(built["ckpt"])]) == 2
+    assert "--teacher" in capsys.readouterr().err
+    assert main(["verify", str(built["store"]), "--samples", "0"]) == 2
+    rc = main(["verify", str(built["store"]), "--teacher", TEACHER, "--teacher-checkpoint",
+               str(built["tmp"] / "missing.safetensors")])
+    assert rc == 1 and "missing.safetensors" in capsys.readouterr().err
+
+
+def test_show_writes_a_grid(built, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["show", str(built["store"]), "--index", "5", "--num", "3", "--out", str(out)]) == 0
+    assert "original + 3 replayed" in capsys.readouterr().out
+    img = Image.open(out)
+    assert img.format == "PNG" and img.width > 300 and img.height > 150
+    arr = np.asarray(img.convert("L"), dtype=np.float32)
+    assert arr.std() > 5  # something was drawn
+    assert main(["show", str(built["store"]), "--index", "40", "--out", str(out)]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_module_entry_point(built):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "imagenet_plus", "info", str(built["store"]), "--json"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["num_samples"] == 40
