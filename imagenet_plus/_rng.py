@@ -23,6 +23,25 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+_MASK = 0xFFFFFFFFFFFFFFFF
+_GOLDEN_INT, _M1_INT, _M2_INT = int(_GOLDEN), int(_M1), int(_M2)
+_SCALE = 1.0 / 9007199254740992.0
+
+
+def _mix64_int(x: int) -> int:
+    x = ((x ^ (x >> 30)) * _M1_INT) & _MASK
+    x = ((x ^ (x >> 27)) * _M2_INT) & _MASK
+    return x ^ (x >> 31)
+
+
+def _uniforms_scalar(seed: int, s: int, a: int, n: int, stream: int) -> np.ndarray:
+    """:func:`uniforms` for one record with Python integers (no numpy per-call overhead); same values."""
+    base = _mix64_int((seed & _MASK) ^ _mix64_int((stream + _GOLDEN_INT) & _MASK))
+    k = _mix64_int(base ^ ((s * _GOLDEN_INT) & _MASK))
+    k = _mix64_int(k ^ ((a * _M1_INT + _GOLDEN_INT) & _MASK))
+    return np.array([(_mix64_int((k + c * _GOLDEN_INT) & _MASK) >> 11) * _SCALE for c in range(1, n + 1)])
+
+
 def record_keys(seed: int, sample_idx, aug_idx, stream: int = 0) -> np.ndarray:
     """One 64-bit key per record; ``sample_idx`` and ``aug_idx`` broadcast together."""
     s = np.asarray(sample_idx, dtype=np.uint64)
@@ -45,6 +64,9 @@ def uniforms(seed: int, sample_idx, aug_idx, n: int, stream: int = 0) -> np.ndar
         stream: a small integer naming the purpose of the draws (so that two
             consumers of randomness never share numbers).
     """
+    if isinstance(sample_idx, (int, np.integer)) and isinstance(aug_idx, (int, np.integer)) \
+            and sample_idx >= 0 and aug_idx >= 0:
+        return _uniforms_scalar(int(seed), int(sample_idx), int(aug_idx), n, int(stream))
     keys = record_keys(seed, sample_idx, aug_idx, stream)
     ctr = np.arange(1, n + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):

@@ -342,7 +342,7 @@ class ReinforcedDataset(Dataset):
         if original:
             target = one_hot(torch.tensor(label), self.num_classes)
         else:
-            target = _densify(torch.from_numpy(ids), torch.from_numpy(probs), self.num_classes, mode=self.densify)
+            target = torch.from_numpy(_densify(ids, probs, self.num_classes, mode=self.densify))
         x = self.transform(x) if self.transform is not None else self.policy.normalize(x)
         if self.target_transform is not None:
             target = self.target_transform(target)

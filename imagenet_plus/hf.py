@@ -587,7 +587,8 @@ class ReplayTransform:
         if self.policy.uses_mix and "mix_kind" in params and int(params["mix_kind"]) != 0:
             partner_image, partner_params = self._partner(int(params["mix_partner"]), j)
         pixels = self.policy.apply(image, params, partner_image, partner_params)
-        target = densify(torch.from_numpy(ids), torch.from_numpy(probs), self.manifest.num_classes, self.densify)
+        target = torch.from_numpy(densify(np.asarray(ids), np.asarray(probs, dtype=np.float32),
+                                          self.manifest.num_classes, self.densify))
         return {"pixel_values": self.policy.normalize(pixels), "soft_target": target}
 
     def original(self, row: Mapping[str, Any], epoch: int | None = None) -> dict[str, torch.Tensor]:

@@ -205,7 +205,7 @@ def test_cpu_and_device_paths_give_the_same_batch(case):
         batch = default_collate([dev[k] for k in order])
         x, t = replay(batch)
         assert torch.equal(torch.stack(images), x), case.name
-        torch.testing.assert_close(torch.stack(targets), t, rtol=0, atol=1e-7)
+        torch.testing.assert_close(torch.stack(targets), t, rtol=0, atol=1e-6)  # float32 sums differ by an ulp
     originals = [cpu.choose(k, e)[0] for k in range(len(cpu)) for e in (0, 1)]
     assert any(originals) and not all(originals)
 

@@ -126,7 +126,7 @@ def test_replay_equals_policy_apply(built):
         for j in range(A):
             want = policy.normalize(policy.apply(Image.fromarray(base.data[i]), store.params(i, j)))
             ids, probs = store.targets(i, j)
-            target = densify(torch.from_numpy(ids), torch.from_numpy(probs), 100)
+            target = torch.from_numpy(densify(ids, probs, 100))
             for t in (t_row, t_store):
                 out = t.replay(row, j)
                 assert out["pixel_values"].dtype == torch.float32 and out["pixel_values"].shape == (3, 24, 24)

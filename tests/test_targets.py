@@ -84,3 +84,20 @@ def test_loss_matches_timm():
         soft_target_cross_entropy(logits, target[:, :10])
     with pytest.raises(ReinforcementError, match="reduction"):
         SoftTargetCrossEntropy(reduction="avg")
+
+
+@pytest.mark.parametrize("mode", ["smooth", "none"])
+@pytest.mark.parametrize("num_classes,k", [(10, 3), (1000, 10), (5, 5)])
+def test_single_record_numpy_path_equals_the_batched_torch_path(num_classes, k, mode):
+    """The per-sample fast path (1-D numpy) gives the batched path's values to float32 rounding."""
+    rng = np.random.default_rng(num_classes + k)
+    for _ in range(20):
+        ids = rng.permutation(num_classes)[:k]
+        probs = np.sort(rng.dirichlet(np.ones(k + 1)).astype(np.float32)[:k])[::-1].copy()
+        one = densify(ids, probs, num_classes, mode=mode)
+        batched = densify(torch.from_numpy(ids[None]), torch.from_numpy(probs[None]), num_classes, mode=mode)[0]
+        assert isinstance(one, np.ndarray) and one.dtype == np.float32 and one.shape == (num_classes,)
+        np.testing.assert_allclose(one, batched.numpy(), rtol=0, atol=1e-6)
+        assert abs(float(one.sum()) - 1.0) < 1e-5
+    with pytest.raises(ReinforcementError, match="class ids"):
+        densify(np.array([0, num_classes]), np.array([0.5, 0.5], dtype=np.float32), num_classes)
