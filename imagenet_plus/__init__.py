@@ -14,13 +14,34 @@ from __future__ import annotations
 
 __version__ = "0.1.0"  # before the imports: submodules read it
 
-from .augment import Policy, create_eval_transform, create_policy
-from .datasets import CIFAR100Plus, Flowers102Plus, Food101Plus, ImageNetPlus, ReinforcedDataset
-from .errors import AlignmentError, IntegrityError, PolicyError, ReinforcementError, StoreError
-from .hub import resolve_reinforcements
-from .replay import DeviceReplay
-from .store import ReinforcementStore, open_store, verify
-from .targets import SoftTargetCrossEntropy, densify, soft_target_cross_entropy
+# Public names are imported on first use (PEP 562), so `import imagenet_plus` and the
+# `imagenet-plus` command start without loading torchvision, timm or the Hub client.
+_LAZY = {
+    "Policy": ".augment", "create_policy": ".augment", "create_eval_transform": ".augment",
+    "ReinforcedDataset": ".datasets", "ImageNetPlus": ".datasets", "CIFAR100Plus": ".datasets",
+    "Flowers102Plus": ".datasets", "Food101Plus": ".datasets",
+    "AlignmentError": ".errors", "IntegrityError": ".errors", "PolicyError": ".errors",
+    "ReinforcementError": ".errors", "StoreError": ".errors",
+    "resolve_reinforcements": ".hub",
+    "DeviceReplay": ".replay",
+    "ReinforcementStore": ".store", "open_store": ".store", "verify": ".store",
+    "SoftTargetCrossEntropy": ".targets", "densify": ".targets", "soft_target_cross_entropy": ".targets",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ReinforcedDataset",
