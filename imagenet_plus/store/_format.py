@@ -288,12 +288,24 @@ class Manifest:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a temp file in ``path``'s folder, fsync, rename over ``path``."""
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(path: Path, chunks) -> tuple[int, str]:
+    """Write byte chunks to a temp file in ``path``'s folder, fsync, rename; returns ``(bytes, sha256)``.
+
+    A failure at any point (a full disk included) removes the temp file, so no partial file is left.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    h, size = hashlib.sha256(), 0
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -302,6 +314,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+    return size, h.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -13,10 +12,10 @@ import numpy as np
 
 from ..errors import StoreError
 from ..schema import Field, encode_topk_ids, encode_topk_probs, target_fields
-from ._format import (_UMASK, FORMAT_VERSION, MANIFEST_NAME, MAX_SHARD_BYTES, SAMPLES_NAME, SHARD_DIR, FileEntry,
+from ._format import (FORMAT_VERSION, MANIFEST_NAME, MAX_SHARD_BYTES, SAMPLES_NAME, SHARD_DIR, FileEntry,
                       Manifest, ShardEntry, check_build_id, check_build_id_arg, check_shard_metadata, check_tensors,
-                      fsync_dir, parse_shard_filename, plan_shards, read_header, samples_expected, shard_expected,
-                      shard_filename, st_code)
+                      parse_shard_filename, plan_shards, read_header, samples_expected, shard_expected,
+                      shard_filename, st_code, atomic_write_chunks)
 
 __all__ = ["write_shard", "read_shard_entry", "write_samples", "write_manifest", "write_store", "sha256_file"]
 
@@ -55,28 +54,7 @@ def _write_atomic_safetensors(path: Path, arrays: dict[str, np.ndarray], metadat
     """Write a safetensors file (temp name, fsync, rename), hashing it on the way; returns (bytes, sha256)."""
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     head, names = _serialize_header(arrays, metadata)
-    h = hashlib.sha256(head)
-    size = len(head)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file ordinary permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            for k in names:
-                buf = memoryview(arrays[k].reshape(-1).view(np.uint8))
-                f.write(buf)
-                h.update(buf)
-                size += len(buf)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return size, h.hexdigest()
+    return atomic_write_chunks(path, [head, *(memoryview(arrays[k].reshape(-1).view(np.uint8)) for k in names)])
 
 
 def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arrays: Mapping[str, np.ndarray],
