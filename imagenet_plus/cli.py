@@ -36,6 +36,12 @@ class _UsageError(Exception):
 # ----------------------------------------------------------------------------- helpers
 
 
+def _builders_on_path() -> None:
+    """Make the repository's ``builders/`` importable when the command runs from the repository root."""
+    if (Path.cwd() / "builders" / "__init__.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+
+
 def _resolve_store(spec: str, *, revision: str | None = None, manifest_only: bool = False) -> Path:
     """A local store folder, or a Hub repo id (``org/name[@revision]``) resolved by :mod:`imagenet_plus.hub`.
 
@@ -142,6 +148,7 @@ def _open_base(args: argparse.Namespace, manifest):
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(f"--data-root {root}: no such folder; point it to your copy of the {dataset} data")
     try:
+        _builders_on_path()
         from builders.build import DATASETS, BuildConfig, create_dataset  # the builder's registry (repository)
     except ImportError:
         raise _UsageError("showing or re-teaching records needs the repository's builders/ package (the dataset "
@@ -199,6 +206,7 @@ def _load_teacher(args: argparse.Namespace, num_classes: int):
             raise FileNotFoundError(f"--teacher-checkpoint {c.strip()}: no such file; pass the teacher's "
                                     ".safetensors (one per teacher, comma-separated)")
     try:
+        _builders_on_path()
         from builders.teachers import create_teacher, parse_teacher_list
     except ImportError:
         raise _UsageError("--teacher needs the repository's builders/ package: run imagenet-plus from the "
