@@ -451,6 +451,13 @@ class _PlusDataset(VisionDataset):
         if self.reinforced is not None:
             self.reinforced.set_epoch(epoch)
 
+    def create_device_replay(self, device: str | torch.device | None = None):
+        """The :class:`~imagenet_plus.replay.DeviceReplay` that finishes the training split's device-path batches."""
+        if self.reinforced is None:
+            raise ReinforcementError(f"{type(self).__name__}(split={self._split!r}) is an evaluation split: it has "
+                                     "no reinforcements to replay; use the training split")
+        return self.reinforced.create_device_replay(device)
+
     @property
     def classes(self) -> list:
         return list(self.base.classes)

@@ -210,6 +210,18 @@ def test_cpu_and_device_paths_give_the_same_batch(case):
     assert any(originals) and not all(originals)
 
 
+def test_wrapper_device_path_matches_its_cpu_path(case):
+    """The README's GPU pattern on the wrapper classes (run here with the replay on the CPU)."""
+    cpu = case.plus_train(p_original=0.0, seed=2)
+    dev = case.plus_train(p_original=0.0, seed=2, device="cuda")
+    replay = dev.create_device_replay("cpu")
+    order = list(range(len(cpu)))
+    x, t = replay(default_collate([dev[k] for k in order]))
+    images, targets = zip(*(cpu[k] for k in order))
+    assert torch.equal(torch.stack(images), x)
+    torch.testing.assert_close(torch.stack(targets), t, rtol=0, atol=1e-6)
+
+
 def test_original_images_get_one_hot_targets(case):
     ds = case.plus_train(p_original=1.0, seed=2)
     base = case.base()
