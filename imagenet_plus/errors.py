@@ -14,6 +14,10 @@ __all__ = [
     "FormatVersionError",
     "AlignmentError",
     "PolicyError",
+    "ArgumentError",
+    "ImageDecodeError",
+    "BuildError",
+    "ImportFormatError",
 ]
 
 
@@ -39,3 +43,19 @@ class AlignmentError(ReinforcementError):
 
 class PolicyError(ReinforcementError):
     """An augmentation policy config, parameter record or input image is invalid."""
+
+
+class ArgumentError(ReinforcementError):
+    """A function or command argument has a value outside its valid set or range."""
+
+
+class ImageDecodeError(ReinforcementError):
+    """A sample's image file is missing, truncated or not a decodable image (the message names the file)."""
+
+
+class BuildError(ReinforcementError):
+    """A build cannot start or continue: bad settings, a teacher that does not fit, an occupied output folder."""
+
+
+class ImportFormatError(ReinforcementError):
+    """A foreign archive (e.g. apple/ml-dr's published reinforcements) is malformed, unsafe or unsupported."""
