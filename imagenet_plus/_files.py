@@ -10,13 +10,14 @@ no partial file is ever left under the destination's name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
-__all__ = ["WrittenFile", "atomic_write", "atomic_write_text", "temp_name_prefix", "is_temp_of", "fsync_dir",
+__all__ = ["WrittenFile", "atomic_file", "atomic_write", "atomic_write_text", "temp_name_prefix", "is_temp_of", "fsync_dir",
            "human_bytes"]
 
 _UMASK = os.umask(0o022)
@@ -43,6 +44,30 @@ def is_temp_of(path: Path, name: str | None = None) -> bool:
     return name is None or n.startswith(temp_name_prefix(name))
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file object whose content replaces ``path`` atomically when the block ends without error.
+
+    For writers that need a file object (Parquet); the file is fsync'd and renamed on success, removed
+    on any failure. Use :func:`atomic_write` when the content comes as chunks (it also hashes them).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path.name), suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
 def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> WrittenFile:
     """Write byte chunks to ``path`` atomically (temp file, fsync, rename), hashing them on the way.
 
@@ -57,25 +82,12 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) 
         >>> atomic_write("out/notes.txt", [b"hello\\n"]).bytes
         6
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_name_prefix(path.name), suffix=".tmp", dir=path.parent)
     h, size = hashlib.sha256(), 0
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file ordinary permissions
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with atomic_file(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+            h.update(chunk)
+            size += len(chunk)
     return WrittenFile(size, h.hexdigest())
 
 

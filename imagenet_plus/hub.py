@@ -26,19 +26,17 @@ from pathlib import Path
 from .errors import StoreError
 
 __all__ = ["DEFAULT_ORG", "DEFAULT_REPOS", "REPO_TYPE", "parse_repo_spec", "required_files",
-           "resolve_manifest", "resolve_reinforcements"]
+           "resolve_manifest", "resolve_identity", "resolve_reinforcements"]
 
 #: Organisation of the package's default repos. A placeholder until the stores are published:
 #: pass your own ``"org/name"`` (or a local folder) until then.
 DEFAULT_ORG = "imagenet-plus"
 #: Default Hub dataset repo per dataset name.
-DEFAULT_REPOS = {
-    "imagenet": f"{DEFAULT_ORG}/imagenet-plus",
-    "cifar100": f"{DEFAULT_ORG}/cifar100-plus",
-    "flowers102": f"{DEFAULT_ORG}/flowers102-plus",
-    "food101": f"{DEFAULT_ORG}/food101-plus",
-    "digits": f"{DEFAULT_ORG}/digits-plus",
-}
+DEFAULT_REPOS = {"imagenet": f"{DEFAULT_ORG}/imagenet-plus", "cifar100": f"{DEFAULT_ORG}/cifar100-plus",
+                 "flowers102": f"{DEFAULT_ORG}/flowers102-plus", "food101": f"{DEFAULT_ORG}/food101-plus",
+                 "digits": f"{DEFAULT_ORG}/digits-plus"}
+# (equal to each adapter's ``default_repo``, tests/test_hub.py checks it; kept literal so that
+# `import imagenet_plus.hub` stays light: no torchvision)
 #: Stores live in Hub *dataset* repos.
 REPO_TYPE = "dataset"
 
@@ -113,12 +111,13 @@ def _describe_missing(missing: list[str]) -> str:
     return shown + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
 
 
-def _resolve_local(folder: Path, num_augmentations: int | None) -> Path:
+def _resolve_local(folder: Path, num_augmentations: int | None, shards: bool = True) -> Path:
     if not (folder / _MANIFEST).is_file():
         raise StoreError(f"reinforcements={str(folder)!r}: the folder has no {_MANIFEST}; point to the folder "
                          "written by the builder (an unfinished build has no manifest: rerun it to completion)")
     manifest = _load_manifest(folder)
-    missing = _missing(folder, required_files(manifest, num_augmentations, source=str(folder / _MANIFEST)))
+    files = required_files(manifest, num_augmentations, source=str(folder / _MANIFEST))
+    missing = _missing(folder, files if shards else files[:2])
     if missing:
         have = _cached_augmentations(manifest, folder)
         hint = f"pass num_augmentations <= {have} (the blocks present) or " if have else ""
@@ -140,8 +139,7 @@ def _cached_augmentations(manifest, folder: Path) -> int:
 def _offline(local_files_only: bool) -> bool:
     from huggingface_hub import constants
 
-    is_offline = getattr(constants, "is_offline_mode", None)  # huggingface_hub >= 1.0; before: the constant
-    return bool(local_files_only) or bool(is_offline() if is_offline is not None else constants.HF_HUB_OFFLINE)
+    return bool(local_files_only) or bool(constants.is_offline_mode())
 
 
 def _hub_error(err: Exception, repo_id: str, revision: str | None, what: str, offline: bool,
@@ -184,7 +182,7 @@ def _hub_error(err: Exception, repo_id: str, revision: str | None, what: str, of
 
 
 def _resolve_hub(repo_id: str, revision: str | None, num_augmentations: int | None, *, cache_dir,
-                 local_files_only: bool, token) -> Path:
+                 local_files_only: bool, token, shards: bool = True) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -194,6 +192,7 @@ def _resolve_hub(repo_id: str, revision: str | None, num_augmentations: int | No
     manifest = _load_manifest(manifest_path)
     source = f"{repo_id}@{revision or 'main'}/{_MANIFEST}"
     files = required_files(manifest, num_augmentations, source=source)
+    files = files if shards else files[:2]  # manifest.json, samples.safetensors
     # The manifest's snapshot folder is named by its commit: fetch the shards of that same
     # commit, even if the branch moves meanwhile.
     commit = manifest_path.parent.name
@@ -281,6 +280,23 @@ def resolve_manifest(spec, *, revision: str | None = None, cache_dir: str | os.P
     try:
         return _download_manifest(repo_id, rev, cache_dir=cache_dir, local_files_only=bool(local_files_only),
                                   token=token)
+    except StoreError as err:
+        raise _with_path_note(err, spec) from err.__cause__
+
+
+def resolve_identity(spec, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                     local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
+    """A folder holding a store's ``manifest.json`` and ``samples.safetensors`` (no shards downloaded).
+
+    Enough to check samples' identities (keys, labels, sizes, fingerprints) without the records:
+    open it with ``open_store(path, check_files=False)``. Arguments as :func:`resolve_reinforcements`.
+    """
+    folder, repo_id, rev = _parse_spec(spec, revision)
+    if folder is not None:
+        return _resolve_local(folder, None, shards=False)
+    try:
+        return _resolve_hub(repo_id, rev, None, cache_dir=cache_dir, local_files_only=bool(local_files_only),
+                            token=token, shards=False)
     except StoreError as err:
         raise _with_path_note(err, spec) from err.__cause__
 

@@ -1,170 +1,142 @@
-"""Per-sample identity: the key, label and content hash that tie a store to a dataset copy.
+"""Sample identity: what ties a store's records to the pixels of a user's copy of the dataset.
 
-A store records, for every sample ``i`` of the base dataset's canonical order,
-its ``key`` (the path relative to the dataset's image folder where the dataset
-has files, else ``"{split}/{index}"``), its ``label`` and the
-:func:`~imagenet_plus.schema.content_hash` of its decoded RGB pixels. A user's
-copy is checked against these before any stored target is trusted.
+For every sample of the base dataset (in its canonical order) a store records:
 
-Keys per torchvision class:
+==================  ============================================================================
+``key``             the sample's name: its path relative to the dataset's image folder where it
+                    has files (``n01440764/x.JPEG``), else ``"{split}/{index}"``
+``label``           its integer class
+``content_hash``    the *digest*: the first 8 bytes of the sha256 of the sample's source bytes:
+                    the file's content for file-backed datasets, the raw pixel array (shape and
+                    bytes) for array-backed ones (CIFAR, digits)
+``image_size``      ``(H, W)`` of the decoded image
+``fingerprint``     an 8x8 luma thumbnail of the decoded image (area average, 64 bytes)
+==================  ============================================================================
 
-==========================  ===============================================
-dataset                     key of sample ``i``
-==========================  ===============================================
-``ImageNet``                path relative to ``root/split``: ``n01440764/x.JPEG``
-``ImageFolder`` (any        path relative to ``root``: ``<class>/<file>``
-``DatasetFolder``)
-``CIFAR10``, ``CIFAR100``   ``"train/{i}"`` or ``"test/{i}"``
-``Flowers102``              ``image_00001.jpg``
-``Food101``                 ``apple_pie/1005649.jpg``
-``Subset``                  the key of the wrapped sample
-anything with ``keys``      ``keys[i]`` (a list attribute or a method returning one)
-anything with ``samples``   path relative to ``root`` (or the path itself)
-anything with
-``_image_files``            path relative to ``_images_folder`` or ``root``
-otherwise                   ``"{i}"``
-==========================  ===============================================
+Two ways to check a copy against them, on **every** decode of a sample (in whichever
+DataLoader worker), deterministically:
 
-Decoding bypasses the base dataset's own ``transform`` where the class is
-known (the loader or stored array is used directly), so a dataset built with
-a transform still yields its raw pixels here.
+* ``check="exact"`` (default): the digest and the image size must be equal. Catches a
+  swapped, truncated, re-encoded, resized or otherwise changed file with certainty. Costs one
+  sha256 over the bytes already read (about 1-2% of replaying the item at 224 px, see
+  ``benchmarks/identity_cost.py``).
+* ``check="resized"``: for deliberately resized or re-encoded copies (many users keep ImageNet
+  at 256-400 px): the aspect ratio must agree (within 2% plus one pixel of rounding) and the
+  fingerprint must be close (mean absolute difference <= :data:`FINGERPRINT_TOLERANCE` grey
+  levels). Re-encoding and resizing move a fingerprint by a few levels; another image moves it
+  by tens (``tests/test_identity.py`` measures both on real photos). Crops stored as fractions
+  of the image replay the same region on a resized copy, resampled at its resolution.
+
+A mismatch raises :class:`~imagenet_plus.errors.AlignmentError` naming the sample, its key,
+its file and the fix.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Callable
+import hashlib
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Subset
-from torchvision.datasets import CIFAR10, DatasetFolder, ImageNet
 
-from .imageio import to_rgb_array, to_rgb_image
-from .schema import content_hash
+from ._checks import check_choice
+from .errors import AlignmentError
 
-__all__ = ["sample_keys", "sample_labels", "sample_identity", "load_sample"]
+__all__ = ["CHECK_MODES", "FINGERPRINT_TOLERANCE", "SampleIdentity", "digest_bytes", "digest_array", "fingerprint",
+           "IdentityChecker"]
 
-
-def _relative_to(path, folder) -> str:
-    p, f = str(path), str(folder).rstrip("/\\")
-    prefix = f + os.sep
-    rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, f)
-    return rel.replace(os.sep, "/")
-
-
-def _has_files(base) -> bool:
-    return hasattr(base, "_image_files") and hasattr(base, "_labels")
+#: The values of ``check=``.
+CHECK_MODES = ("exact", "resized")
+#: Largest mean absolute difference (grey levels, 0-255) between two fingerprints of the same image.
+FINGERPRINT_TOLERANCE = 10.0
+#: Relative aspect-ratio slack of ``check="resized"`` (plus one pixel of rounding).
+ASPECT_TOLERANCE = 0.02
+_SIDE = 8
 
 
-def _key_fn(base) -> Callable[[int], str]:
-    """A function from index to key for ``base`` (computing shared state once)."""
-    if isinstance(base, Subset):
-        inner = _key_fn(base.dataset)
-        indices = base.indices
-        return lambda i: inner(int(indices[i]))
-    keys = getattr(base, "keys", None)
-    if keys is not None:
-        keys = keys() if callable(keys) else keys
-        return lambda i: str(keys[i])
-    if isinstance(base, ImageNet):
-        folder = os.path.join(base.root, base.split)
-        return lambda i: _relative_to(base.samples[i][0], folder)
-    if isinstance(base, DatasetFolder):
-        return lambda i: _relative_to(base.samples[i][0], base.root)
-    if isinstance(base, CIFAR10):
-        split = "train" if base.train else "test"
-        return lambda i: f"{split}/{i}"
-    if hasattr(base, "_image_files"):
-        folder = getattr(base, "_images_folder", None) or getattr(base, "root", "")
-        return lambda i: _relative_to(base._image_files[i], folder)
-    samples = getattr(base, "samples", None)
-    if samples is not None:
-        root = getattr(base, "root", None)
+class SampleIdentity(NamedTuple):
+    """One sample's identity as the store records it."""
 
-        def from_samples(i: int) -> str:
-            s = samples[i]
-            path = s[0] if isinstance(s, (tuple, list)) else s
-            return _relative_to(path, root) if root else str(path).replace(os.sep, "/")
-
-        return from_samples
-    return str
+    key: str
+    label: int
+    digest: np.ndarray  # uint8[8]
+    size: tuple[int, int]  # (H, W)
+    fingerprint: np.ndarray  # uint8[64]
 
 
-def sample_keys(base) -> list[str]:
-    """The key of every sample of ``base``, in its canonical order (see the module docstring).
-
-    Args:
-        base: a torchvision-style dataset.
-
-    Returns:
-        ``len(base)`` strings.
-
-    Example:
-        >>> sample_keys(torchvision.datasets.Food101(root))[:1]
-        ['apple_pie/1005649.jpg']
-    """
-    fn = _key_fn(base)
-    return [fn(i) for i in range(len(base))]
+def digest_bytes(data: bytes | memoryview) -> np.ndarray:
+    """The digest of a file's bytes: the first 8 bytes of their sha256, as ``uint8[8]``."""
+    return np.frombuffer(hashlib.sha256(data).digest()[:8], dtype=np.uint8).copy()
 
 
-def sample_labels(base) -> np.ndarray:
-    """Every sample's integer label as ``int64[N]``, read from the dataset's metadata when it has it.
-
-    Datasets without a ``targets``/``_labels`` list (or ``Subset`` of one) are decoded sample by sample.
-    """
-    if isinstance(base, Subset):
-        inner = sample_labels(base.dataset)
-        return inner[np.asarray(base.indices, dtype=np.int64)]
-    for name in ("targets", "_labels"):
-        labels = getattr(base, name, None)
-        if labels is not None and not callable(labels) and len(labels) == len(base):
-            return np.asarray([int(t) for t in labels], dtype=np.int64)
-    return np.asarray([load_sample(base, i)[1] for i in range(len(base))], dtype=np.int64)
+def digest_array(pixels: np.ndarray) -> np.ndarray:
+    """The digest of a raw pixel array: sha256 of its shape (``<i8``) and bytes, first 8 bytes."""
+    pixels = np.ascontiguousarray(pixels)
+    h = hashlib.sha256(np.asarray(pixels.shape, dtype="<i8").tobytes())
+    h.update(pixels.tobytes())
+    return np.frombuffer(h.digest()[:8], dtype=np.uint8).copy()
 
 
-def load_sample(base, i: int) -> tuple[Image.Image, int]:
-    """Decode sample ``i`` of ``base`` to an RGB PIL image and its integer label.
-
-    The base dataset's ``transform`` and ``target_transform`` are bypassed for
-    torchvision's folder datasets, CIFAR, Flowers102, Food101 and ``Subset`` of them;
-    any other dataset is indexed (``base[i]``) and must yield ``(image, int label)``.
-    """
-    if isinstance(base, Subset):
-        return load_sample(base.dataset, int(base.indices[i]))
-    if isinstance(base, DatasetFolder):
-        path, label = base.samples[i]
-        return to_rgb_image(base.loader(path)), int(label)
-    if isinstance(base, CIFAR10):
-        return to_rgb_image(Image.fromarray(base.data[i])), int(base.targets[i])
-    if _has_files(base) and callable(getattr(base, "loader", None)):
-        return to_rgb_image(base.loader(base._image_files[i])), int(base._labels[i])
-    item = base[i]
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
-        raise TypeError(
-            f"{type(base).__name__}[{i}] returned {type(item).__name__}; expected an (image, label) pair"
-        )
-    image, label = item[0], item[1]
-    try:
-        label = int(label)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{type(base).__name__}[{i}] returned a label of type {type(label).__name__}; expected an integer "
-            f"class index (remove the dataset's target_transform)"
-        ) from None
-    return to_rgb_image(image), label
+def fingerprint(image: Image.Image) -> np.ndarray:
+    """An 8x8 luma thumbnail (``uint8[64]``) of an RGB image: luma (ITU-R 601), then area averaging."""
+    gray = image.convert("L")
+    w, h = gray.size
+    factor = min(w, h) // (4 * _SIDE)
+    if factor >= 2:  # integer pre-reduction (exact box average) keeps the final resample cheap
+        gray = gray.reduce(factor)
+    return np.asarray(gray.resize((_SIDE, _SIDE), Image.BOX), dtype=np.uint8).reshape(-1).copy()
 
 
-def sample_identity(base, i: int) -> tuple[str, int, np.ndarray]:
-    """Key, label and content hash of sample ``i`` (decodes the image).
+def _aspect_ok(h: int, w: int, H: int, W: int) -> bool:
+    """Whether ``h x w`` has the aspect ratio of ``H x W`` (relative slack plus one pixel of rounding)."""
+    return abs(h * W - w * H) <= ASPECT_TOLERANCE * h * W + max(H, W) + max(h, w)
+
+
+class IdentityChecker:
+    """Compares loaded samples with a store's recorded identities (``check="exact"`` or ``"resized"``).
 
     Args:
-        base: a torchvision-style dataset.
-        i: the sample index in ``base``'s canonical order.
-
-    Returns:
-        ``(key, label, content_hash)`` with ``content_hash`` a ``uint8[8]`` array
-        (:func:`imagenet_plus.schema.content_hash` of :func:`imagenet_plus.imageio.to_rgb_array`).
+        store: the opened :class:`~imagenet_plus.store.ReinforcementStore`.
+        mode: ``"exact"`` or ``"resized"`` (see the module docstring).
     """
-    image, label = load_sample(base, i)
-    return _key_fn(base)(i), label, content_hash(to_rgb_array(image))
+
+    def __init__(self, store, mode: str = "exact") -> None:
+        self.mode = check_choice(mode, "check", CHECK_MODES)
+        self.store = store
+        self._digests = store.content_hashes
+        self._sizes = store.image_sizes
+        self._fingerprints = None  # read on first use ("resized" only)
+
+    def problem(self, s: int, image: Image.Image, digest: np.ndarray) -> str | None:
+        """What is wrong with sample ``s`` of the store given its decoded image and digest (``None``: nothing)."""
+        H, W = (int(v) for v in self._sizes[s])
+        h, w = image.height, image.width
+        if self.mode == "exact":
+            if not np.array_equal(digest, self._digests[s]):
+                return (f"its content differs from the file the store was built on (digest "
+                        f"{digest.tobytes().hex()} != {self._digests[s].tobytes().hex()})")
+            if (h, w) != (H, W):
+                return f"it decodes to {h}x{w} pixels, the store's image was {H}x{W}"
+            return None
+        if not _aspect_ok(h, w, H, W):
+            return f"its aspect ratio ({h}x{w}) differs from the store's image ({H}x{W})"
+        if self._fingerprints is None:
+            self._fingerprints = self.store.fingerprints
+        diff = float(np.abs(fingerprint(image).astype(np.int16) - self._fingerprints[s].astype(np.int16)).mean())
+        if diff > FINGERPRINT_TOLERANCE:
+            return (f"it shows another picture than the store's image (thumbnail differs by {diff:.1f} grey levels "
+                    f"on average, tolerance {FINGERPRINT_TOLERANCE:g})")
+        return None
+
+    def check(self, s: int, image: Image.Image, digest: np.ndarray, where: str) -> None:
+        """Raise :class:`AlignmentError` if sample ``s`` does not match; ``where`` names it (key, file)."""
+        msg = self.problem(s, image, digest)
+        if msg is None:
+            return
+        if self.mode == "exact":
+            fix = ("restore the original file; if your copy was deliberately resized or re-encoded, use "
+                   "check='resized' (the crops then replay on your resolution)")
+        else:
+            fix = "restore the original file, or use reinforcements built for this copy"
+        raise AlignmentError(f"{where}: {msg}; its stored targets would not belong to these pixels: {fix}. "
+                             f"`imagenet-plus verify {self.store.root} --data-root ...` lists every such sample")

@@ -21,6 +21,12 @@ transparency           is composited too)
 ``F``                  clipped to ``[0, 255]`` and rounded (NaN -> 0)
 =====================  =========================================================
 
+Files are decoded by :func:`decode_bytes` (PIL, the whole file, no EXIF rotation), then
+converted as above; every dataset the package reads from files (ImageNet, ImageFolder,
+Flowers-102, Food-101) is decoded this way, by the package itself, never by the dataset's
+own loader (torchvision's ``pil_loader`` converts to RGB first, which turns 16-bit images
+white and drops transparency before these rules could apply).
+
 Any other mode (``LAB``, ``HSV``, ``RGBa``, ``La``, ...) raises
 :class:`~imagenet_plus.errors.PolicyError` naming the mode. Besides PIL images
 the functions accept ``uint8`` arrays (``[H, W]`` or ``[H, W, C]``, C in 1, 3, 4)
@@ -33,9 +39,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import PolicyError
+from .errors import ImageDecodeError, PolicyError
 
-__all__ = ["SUPPORTED_MODES", "to_rgb_image", "to_rgb_array", "to_tensor"]
+__all__ = ["SUPPORTED_MODES", "decode_bytes", "to_rgb_image", "to_rgb_array", "to_tensor"]
 
 _PIL_CONVERT = frozenset({"RGB", "L", "1", "P", "CMYK", "YCbCr", "RGBX"})
 _ALPHA = frozenset({"LA", "PA", "RGBA"})
@@ -130,3 +136,30 @@ def to_rgb_array(img) -> np.ndarray:
 def to_tensor(img) -> torch.Tensor:
     """The image's pixels as a contiguous ``torch.uint8[3, H, W]`` tensor (see :func:`to_rgb_image`)."""
     return torch.from_numpy(to_rgb_array(img).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_bytes(data: bytes, source: str = "image") -> Image.Image:
+    """Decode an image file's bytes to an 8-bit RGB PIL image (see the module docstring).
+
+    Args:
+        data: the whole file's content.
+        source: what to name in errors (the file's path).
+
+    Raises:
+        ImageDecodeError: the bytes are not a complete image PIL can decode (truncated, corrupt,
+            not an image), naming ``source``.
+        PolicyError: the image's mode is not supported.
+
+    Example:
+        >>> decode_bytes(open("cat.png", "rb").read(), "cat.png").mode
+        'RGB'
+    """
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"{source}: cannot decode the image ({type(e).__name__}: {e}); the file is "
+                               "truncated, corrupt or not an image: restore it from the original dataset") from e
+    return to_rgb_image(img)

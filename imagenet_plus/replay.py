@@ -1,35 +1,318 @@
-"""Batched replay on a device: photometric ops, erasing, mixing, normalisation and targets.
+"""The replay core: which record an item uses, and fetching and replaying it. Every path calls this.
 
-The per-sample CPU replay is :meth:`imagenet_plus.augment.Policy.apply` (crop + finish
-for one record). :class:`DeviceReplay` takes a *collated* batch of the dataset's
-device-path items (already cropped uint8 images, partner crops, params, sparse
-targets) and does the rest of the work in one batched pass on the device.
+Three pieces, used by :class:`~imagenet_plus.datasets.ReinforcedDataset`, the ``datasets``
+transform (:mod:`imagenet_plus.hf`), the CLI (``show``, ``verify --teacher``) and the builder's
+own checks alike:
 
-Tolerance against the per-sample CPU path: on the CPU the result is bit-exact
-(``finish`` on a batch equals ``finish`` per record). On CUDA, float kernels
-(affine/rotate grids, colour ops, MixUp blend) may round a few pixels differently:
-the stated bound is a mean absolute difference of at most 1 grey level on the
-uint8 scale, and a teacher's top-1 on the two versions agrees on >= 99% of records
-(``tests/test_replay.py``, ``benchmarks/gpu_check.py``).
+* :class:`Chooser` decides, for a sample's store index ``i`` and an epoch, whether the item is
+  the original image (probability ``p_original``) and which stored augmentation ``j`` it
+  replays: ``"random"`` (uniform per epoch) or ``"cycle"`` (every augmentation once per
+  ``num_augmentations`` epochs). Draws are counter-based on ``(seed, i, epoch)``, so they
+  depend on nothing else (worker count, batch size, order); the epoch lives in shared memory,
+  so ``set_epoch`` reaches persistent DataLoader workers and copies of the object.
+* :func:`original_params` draws an original image's ordinary random augmentation (every
+  single-image stage of the policy, never mixed), and :func:`render` / :func:`make_targets`
+  turn records into pixels and dense targets.
+* :class:`ReplaySource` fetches and replays a batch of dataset items: choose, one batched
+  store read of params and targets, load each image through the dataset's adapter (identity
+  checked on every decode), crop each, finish the batch, densify the targets.
+
+:class:`DeviceReplay` finishes a collated batch of device-path items on a GPU.
+
+Tolerance of the device path against the per-sample CPU path: on the CPU bit-exact; on CUDA,
+float kernels (colour ops, MixUp blend) may round a few pixels differently: the stated bound
+is a mean absolute difference of at most 1 grey level and >= 99% teacher top-1 agreement
+(``benchmarks/gpu_check.py``; measured on an H200: 0.0 and 100%).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from .augment import Policy, create_policy
+from . import _rng
+from ._checks import check_choice, check_int, check_probability
 from .errors import PolicyError
 
-__all__ = ["DeviceReplay"]
+__all__ = ["SAMPLINGS", "DENSIFY_MODES", "SharedEpoch", "Chooser", "original_params", "render", "make_targets",
+           "ReplaySource", "DeviceReplay"]
+
+#: Values of ``sampling=`` and ``densify=``.
+SAMPLINGS = ("random", "cycle")
+DENSIFY_MODES = ("smooth", "none")
+
+# _rng streams of the replay (the policy's stages use small numbers).
+_STREAM_CHOICE = 101  # original-or-replay draw and the random augmentation index
+_STREAM_CYCLE = 102  # per-sample permutations of "cycle" sampling
+_STREAM_ORIGINAL = 103  # seed of the fresh params of original images
 
 
-def _densify_fn():
-    from .targets import densify
+class SharedEpoch:
+    """An integer epoch in shared memory: seen by forked/spawned DataLoader workers and by deep copies."""
 
-    return densify
+    def __init__(self) -> None:
+        self._value = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        self._value.fill_(check_int(epoch, "epoch", low=0))
+
+    def get(self) -> int:
+        return int(self._value)
+
+    def __deepcopy__(self, memo) -> "SharedEpoch":
+        return self  # shared on purpose: a copied transform or dataset must follow set_epoch
+
+
+class Chooser:
+    """Which record each item uses: ``(seed, epoch, store index) -> (is_original, j)``.
+
+    Args:
+        seed: seed of the draws.
+        num_augmentations: augmentations to choose from (``j < num_augmentations``).
+        p_original: probability of an original image.
+        sampling: ``"random"`` or ``"cycle"``.
+    """
+
+    def __init__(self, seed: int, num_augmentations: int, p_original: float = 0.01, sampling: str = "random"):
+        self.seed = check_int(seed, "seed", low=0)
+        self.num_augmentations = check_int(num_augmentations, "num_augmentations", low=1)
+        self.p_original = check_probability(p_original, "p_original")
+        self.sampling = check_choice(sampling, "sampling", SAMPLINGS)
+        self.epoch = SharedEpoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch the choices depend on (call it before every epoch)."""
+        self.epoch.set(epoch)
+
+    def choose(self, store_index, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(is_original bool[B], j int64[B])`` for store indices ``[B]`` in ``epoch`` (default the current)."""
+        e = self.epoch.get() if epoch is None else check_int(epoch, "epoch", low=0)
+        i = np.asarray(store_index, dtype=np.int64).reshape(-1)
+        u = _rng.uniforms(self.seed, i, e, 2, stream=_STREAM_CHOICE)
+        na = self.num_augmentations
+        if self.sampling == "random":
+            j = np.minimum((u[:, 1] * na).astype(np.int64), na - 1)
+        else:
+            cycle, pos = divmod(e, na)
+            perm = np.argsort(_rng.uniforms(self.seed, i, cycle, na, stream=_STREAM_CYCLE), axis=-1, kind="stable")
+            j = perm[:, pos].astype(np.int64)
+        return u[:, 0] < self.p_original, j
+
+    def __repr__(self) -> str:
+        return (f"Chooser(seed={self.seed}, num_augmentations={self.num_augmentations}, "
+                f"p_original={self.p_original}, sampling={self.sampling!r}, epoch={self.epoch.get()})")
+
+
+def original_params(policy, seed: int, store_index, epoch: int, heights, widths, num_samples: int
+                    ) -> dict[str, np.ndarray]:
+    """Params of original images: the policy's ordinary random augmentation for ``(seed, epoch, sample)``, unmixed.
+
+    Every single-image field (crop, flip, RandAugment, erasing) is drawn by ``policy.sample`` with
+    a seed derived from ``seed`` on the original-image stream, for records ``(i, epoch)`` of
+    images ``heights x widths``; mixing fields say "no mix" (an original's target is one-hot).
+
+    Returns:
+        ``{field: array [B, *field.shape]}``.
+    """
+    derived = int(_rng.record_keys(seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
+    i = np.asarray(store_index, dtype=np.int64).reshape(-1)
+    params = policy.sample(derived, i, np.full_like(i, epoch), heights, widths, num_samples)
+    for name in ("mix_partner", "mix_kind", "mix_box"):
+        if name in params:
+            params[name] = np.zeros_like(params[name])
+    if "mix_lam" in params:
+        params["mix_lam"] = np.full_like(params["mix_lam"], 65535)
+    return params
+
+
+def _row(params: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v)[b] for k, v in params.items()}
+
+
+def _mixes(policy, params: Mapping[str, np.ndarray]) -> np.ndarray:
+    if not policy.uses_mix:
+        return np.zeros(len(next(iter(params.values()))), dtype=bool)
+    return np.asarray(params["mix_kind"]).reshape(-1) != 0
+
+
+def render(policy, images: Sequence, params: Mapping[str, np.ndarray], partners: Sequence | None = None,
+           partner_params: Mapping[str, np.ndarray] | None = None) -> torch.Tensor:
+    """Replay a batch of records on the CPU: crop each image, then finish the batch.
+
+    Bit-exact with :meth:`Policy.apply` per record (``finish`` on a batch equals ``finish`` per record).
+
+    Args:
+        policy: the store's policy.
+        images: ``B`` decoded source images.
+        params: ``{field: [B, ...]}``.
+        partners: for mixing policies, ``B`` partner images (``None`` where a record does not mix).
+        partner_params: the partners' own params ``{field: [B, ...]}`` (rows of non-mixing records ignored).
+
+    Returns:
+        uint8 ``[B, 3, S, S]``.
+    """
+    policy.check_params(params, what="replay params")
+    crops = torch.stack([policy.crop(img, _row(params, b)) for b, img in enumerate(images)])
+    mixes = _mixes(policy, params)
+    if not mixes.any():
+        return policy.finish(crops, params)
+    policy.check_params(partner_params, what="replay partner params")
+    s = policy.output_size
+    pcrops = torch.stack([policy.crop(partners[b], _row(partner_params, b)) if m else
+                          torch.zeros((3, s, s), dtype=torch.uint8) for b, m in enumerate(mixes)])
+    return policy.finish(crops, params, pcrops, partner_params)
+
+
+def make_targets(ids, probs, original, labels, num_classes: int, densify: str = "smooth"):
+    """Dense float32 targets ``[B, C]``: densified top-k, one-hot labels where ``original``.
+
+    ``ids``/``probs`` may be numpy or torch (any device; the result is torch on that device);
+    ``original`` and ``labels`` are host arrays (decided on the host: no device sync).
+    """
+    from .targets import densify as _densify
+
+    ids_t = torch.as_tensor(ids)
+    probs_t = torch.as_tensor(probs).to(ids_t.device, torch.float32)
+    dense = _densify(ids_t, probs_t, num_classes, mode=densify)
+    original = np.asarray(original, dtype=bool).reshape(-1)
+    if original.any():
+        lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if lab[original].min() < 0 or lab[original].max() >= num_classes:
+            raise PolicyError(f"labels must lie in [0, {num_classes}), got [{lab.min()}, {lab.max()}]")
+        hot = torch.zeros_like(dense)
+        rows = torch.from_numpy(np.flatnonzero(original)).to(dense.device, non_blocking=True)
+        cols = torch.from_numpy(lab[original]).to(dense.device, non_blocking=True)
+        hot[rows, cols] = 1.0
+        keep = torch.from_numpy(original).to(dense.device, non_blocking=True).view(-1, 1)
+        dense = torch.where(keep, hot, dense)
+    return dense
+
+
+class Plan(NamedTuple):
+    """What a batch of dataset items uses."""
+
+    index: np.ndarray  # dataset indices [B]
+    store_index: np.ndarray  # store sample indices [B]
+    original: np.ndarray  # bool [B]
+    aug: np.ndarray  # augmentation index j [B] (meaningless where original)
+    epoch: int
+
+
+class ReplaySource:
+    """Fetch and replay dataset items: the one implementation behind every replay path.
+
+    Args:
+        adapter: the dataset's :class:`~imagenet_plus.adapters.DatasetAdapter`.
+        store: the opened store.
+        policy: the store's policy.
+        chooser: the :class:`Chooser`.
+        checker: the :class:`~imagenet_plus.identity.IdentityChecker` (every decode is checked).
+        to_store: dataset index -> store index (``None``: identical orders).
+        from_store: store index -> dataset index (``None``: identical orders).
+        densify: ``"smooth"`` or ``"none"``.
+    """
+
+    def __init__(self, adapter, store, policy, chooser: Chooser, checker, *, to_store: np.ndarray | None = None,
+                 from_store: np.ndarray | None = None, densify: str = "smooth") -> None:
+        self.adapter, self.store, self.policy, self.chooser, self.checker = adapter, store, policy, chooser, checker
+        self.to_store, self.from_store = to_store, from_store
+        self.densify = check_choice(densify, "densify", DENSIFY_MODES)
+        self.num_classes = store.num_classes
+
+    # -- which records ---------------------------------------------------------------------------------
+    def plan(self, indices, epoch: int | None = None) -> Plan:
+        """Choose the records of dataset items ``indices`` in ``epoch`` (default the current one)."""
+        d = np.asarray(indices, dtype=np.int64).reshape(-1)
+        s = d if self.to_store is None else self.to_store[d]
+        e = self.chooser.epoch.get() if epoch is None else int(epoch)
+        original, j = self.chooser.choose(s, e)
+        return Plan(d, s, original, j, e)
+
+    def dataset_index(self, store_index: int) -> int:
+        return int(store_index) if self.from_store is None else int(self.from_store[store_index])
+
+    # -- fetching --------------------------------------------------------------------------------------
+    def load(self, d: int, s: int | None = None):
+        """Decode dataset item ``d`` through the adapter and check its identity against store sample ``s``."""
+        s = int(d if self.to_store is None else self.to_store[d]) if s is None else int(s)
+        sample = self.adapter.load(int(d))
+        self.checker.check(s, sample.image, sample.digest, f"{self.adapter.describe(int(d))} of {self.store.root}")
+        return sample
+
+    def records(self, plan: Plan, images: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Params and top-k targets of a plan's items (originals: fresh params, one-hot placeholders)."""
+        k = self.store.topk
+        j = np.where(plan.original, 0, plan.aug)
+        params, (ids, probs) = self.store.params_batch(plan.store_index, j), \
+            self.store.targets_batch(plan.store_index, j)
+        if plan.original.any():
+            o = np.flatnonzero(plan.original)
+            fresh = original_params(self.policy, self.chooser.seed, plan.store_index[o], plan.epoch,
+                                    [images[b].height for b in o], [images[b].width for b in o], len(self.store))
+            for name, v in fresh.items():
+                params[name][o] = v.astype(params[name].dtype)
+            ids[o], probs[o] = np.arange(k), 0.0  # replaced by one-hot labels in make_targets
+        return params, ids, probs
+
+    def partners(self, plan: Plan, params: Mapping[str, np.ndarray]) -> tuple[list, dict | None]:
+        """Partner images and their own stored params ``(p, j)`` for the records that mix."""
+        mixes = _mixes(self.policy, params) & ~plan.original
+        if not mixes.any():
+            return [None] * len(plan.index), None
+        p = np.asarray(params["mix_partner"], dtype=np.int64).reshape(-1)
+        pparams = self.store.params_batch(np.where(mixes, p, 0), np.where(mixes, plan.aug, 0))
+        images = [self.load(self.dataset_index(p[b]), p[b]).image if m else None for b, m in enumerate(mixes)]
+        return images, pparams
+
+    # -- items -----------------------------------------------------------------------------------------
+    def fetch(self, indices, epoch: int | None = None):
+        """Everything a batch of items needs: ``(plan, samples, params, ids, probs, partner images, partner params)``."""
+        plan = self.plan(indices, epoch)
+        samples = [self.load(int(d), int(s)) for d, s in zip(plan.index, plan.store_index)]
+        params, ids, probs = self.records(plan, [x.image for x in samples])
+        if self.policy.uses_mix:
+            params["mix_kind"][plan.original] = 0
+        pimages, pparams = self.partners(plan, params)
+        return plan, samples, params, ids, probs, pimages, pparams
+
+    def items(self, indices, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replayed uint8 images ``[B, 3, S, S]`` and dense targets ``[B, C]`` of dataset items ``indices``."""
+        plan, samples, params, ids, probs, pimages, pparams = self.fetch(indices, epoch)
+        x = render(self.policy, [s.image for s in samples], params, pimages, pparams)
+        targets = make_targets(ids, probs, plan.original, [s.label for s in samples], self.num_classes, self.densify)
+        return x, targets
+
+    def device_items(self, indices, epoch: int | None = None) -> list[dict[str, Any]]:
+        """Device-path items (crops, params, sparse targets) of dataset items ``indices`` for :class:`DeviceReplay`."""
+        plan, samples, params, ids, probs, pimages, pparams = self.fetch(indices, epoch)
+        s = self.policy.output_size
+        out = []
+        for b, sample in enumerate(samples):
+            row = _row(params, b)
+            mixes = pimages[b] is not None
+            prow = _row(pparams, b) if mixes else {k: np.zeros_like(v) for k, v in row.items()}
+            out.append({
+                "image": self.policy.crop(sample.image, row),
+                "partner": self.policy.crop(pimages[b], prow) if mixes else torch.zeros((3, s, s), dtype=torch.uint8),
+                "params": {k: torch.from_numpy(np.asarray(v).astype(np.int64)) for k, v in row.items()},
+                "partner_params": {k: torch.from_numpy(np.asarray(v).astype(np.int64)) for k, v in prow.items()},
+                "topk_ids": torch.from_numpy(np.asarray(ids[b], dtype=np.int64)),
+                "topk_probs": torch.from_numpy(np.asarray(probs[b], dtype=np.float32)),
+                "is_original": torch.tensor(bool(plan.original[b])),
+                "label": torch.tensor(int(sample.label), dtype=torch.int64),
+            })
+        return out
+
+    def replay_record(self, store_index: int, aug: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Replay stored record ``(i, j)`` exactly (no choice): uint8 ``[3, S, S]``, top-k ids and probs."""
+        i = int(store_index)
+        plan = Plan(np.array([self.dataset_index(i)]), np.array([i]), np.array([False]), np.array([int(aug)]), 0)
+        sample = self.load(int(plan.index[0]), i)
+        params, ids, probs = self.records(plan, [sample.image])
+        pimages, pparams = self.partners(plan, params)
+        return render(self.policy, [sample.image], params, pimages, pparams)[0], ids[0], probs[0]
 
 
 class DeviceReplay:
@@ -43,37 +326,38 @@ class DeviceReplay:
             available, else CPU.
         non_blocking: copy host tensors with ``non_blocking=True`` (use pinned memory).
 
-    Call it on a batch dict ``{"image": uint8 [B,3,S,S], "partner": uint8 [B,3,S,S],
-    "params": {field: [B, ...]}, "partner_params": {field: [B, ...]}, "topk_ids":
-    int64 [B,K], "topk_probs": float32 [B,K], "is_original": bool [B], "label": int64 [B]}``
-    (what ``default_collate`` makes of the device-path items). Returns ``(images float32
-    [B,3,S,S], targets float32 [B,C])`` on the device. Records with ``is_original`` are
-    finished like the others (their params carry the RandAugment ops and erasing box the
-    dataset drew afresh) but never mixed, and get one-hot targets.
+    Call it on what ``default_collate`` makes of the dataset's device-path items: ``{"image":
+    uint8 [B,3,S,S], "partner": uint8 [B,3,S,S], "params": {field: [B, ...]},
+    "partner_params": {field: [B, ...]}, "topk_ids": int64 [B,K], "topk_probs": float32 [B,K],
+    "is_original": bool [B], "label": int64 [B]}``. Returns ``(images float32 [B,3,S,S],
+    targets float32 [B,C])`` on the device. Originals are finished like the others (their
+    params carry the freshly drawn RandAugment ops and erasing box) but never mixed, and get
+    one-hot targets.
 
     Example:
-        >>> replay = DeviceReplay("rrc+ra/re", num_classes=1000, device="cuda")
+        >>> replay = train.create_device_replay("cuda")
         >>> for batch in loader:
         ...     images, targets = replay(batch)
     """
 
-    def __init__(self, policy: Policy | str | dict, num_classes: int, densify: str = "smooth",
-                 device: str | torch.device | None = None, non_blocking: bool = True):
+    def __init__(self, policy, num_classes: int, densify: str = "smooth", device: str | torch.device | None = None,
+                 non_blocking: bool = True):
+        from .augment import Policy, create_policy
+
         self.policy = policy if isinstance(policy, Policy) else create_policy(policy)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise PolicyError(f"DeviceReplay: num_classes must be a positive integer, got {num_classes!r}")
-        if densify not in ("smooth", "none"):
-            raise PolicyError(f"Unknown value {densify!r} for argument densify. Valid values are {{smooth, none}}.")
-        self.num_classes = num_classes
-        self.densify = densify
+        self.num_classes = check_int(num_classes, "num_classes", low=1)
+        self.densify = check_choice(densify, "densify", DENSIFY_MODES)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise PolicyError(f"DeviceReplay(device={str(self.device)!r}): CUDA is not available on this machine; "
+                              "use device='cpu' or the dataset's CPU path")
         self.non_blocking = non_blocking
 
     def __repr__(self) -> str:
         return (f"DeviceReplay(policy={self.policy.name!r}, num_classes={self.num_classes}, "
                 f"densify={self.densify!r}, device={str(self.device)!r})")
 
-    def _params(self, params: Mapping[str, Any], may_mix: np.ndarray) -> dict[str, np.ndarray]:
+    def _params(self, params: Mapping[str, Any], keep: np.ndarray) -> dict[str, np.ndarray]:
         out = {}
         for f in self.policy.fields:
             if f.name not in params:
@@ -82,7 +366,7 @@ class DeviceReplay:
             v = params[f.name]
             v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
             if f.name == "mix_kind":  # originals are never mixed (their target is one-hot)
-                v = np.where(may_mix.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0)
+                v = np.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0)
             out[f.name] = v
         return out
 
@@ -103,27 +387,15 @@ class DeviceReplay:
                 raise PolicyError("DeviceReplay: mixing policy needs 'partner' and 'partner_params' in the batch")
             partners = batch["partner"].to(self.device, non_blocking=self.non_blocking)
             partner_params = self._params(batch["partner_params"], ~is_orig)
-            n = len(params["mix_partner"])
-            if n != B:
-                raise PolicyError(f"DeviceReplay: params hold {n} records but the batch has {B} images")
+            if len(params["mix_partner"]) != B:
+                raise PolicyError(f"DeviceReplay: params hold {len(params['mix_partner'])} records but the batch has "
+                                  f"{B} images")
         self.policy.check_params(params, what="DeviceReplay params")
-        x = self.policy.finish(images, params, partners, partner_params)
-        x = self.policy.normalize(x)
-        targets = self._targets(batch, is_orig)
-        return x, targets
-
-    def _targets(self, batch, is_orig: np.ndarray) -> torch.Tensor:
+        x = self.policy.normalize(self.policy.finish(images, params, partners, partner_params))
+        if is_orig.any() and "label" not in batch:
+            raise PolicyError("DeviceReplay: batch has is_original records but no 'label'")
         ids = torch.as_tensor(batch["topk_ids"]).to(self.device, non_blocking=self.non_blocking)
         probs = torch.as_tensor(batch["topk_probs"]).to(self.device, torch.float32, non_blocking=self.non_blocking)
-        dense = _densify_fn()(ids, probs, self.num_classes, mode=self.densify)
-        if is_orig.any():
-            if "label" not in batch:
-                raise PolicyError("DeviceReplay: batch has is_original records but no 'label'")
-            labels = torch.as_tensor(batch["label"]).long().cpu()
-            if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
-                raise PolicyError(f"DeviceReplay: labels must lie in [0, {self.num_classes}), got "
-                                  f"[{int(labels.min())}, {int(labels.max())}]")
-            hot = torch.nn.functional.one_hot(labels.to(self.device), self.num_classes).float()
-            mask = torch.from_numpy(is_orig).to(self.device).view(-1, 1)
-            dense = torch.where(mask, hot, dense)
-        return dense
+        labels = batch["label"] if "label" in batch else np.zeros(B, np.int64)
+        return x, make_targets(ids, probs, is_orig, np.asarray(torch.as_tensor(labels).cpu()), self.num_classes,
+                               self.densify)

@@ -1,0 +1,13 @@
+"""Hugging Face ``datasets`` interop: the Parquet export of a store and the replay transform.
+
+``export.py`` writes a store as Parquet that ``datasets.load_dataset`` reads with typed features;
+``transform.py`` turns its rows into training items through the package's replay core.
+"""
+
+from __future__ import annotations
+
+from .export import check_parquet, export_parquet, images_forbidden, parquet_features, parquet_filename
+from .transform import ReplayTransform, create_transform
+
+__all__ = ["export_parquet", "check_parquet", "parquet_features", "parquet_filename", "images_forbidden",
+           "create_transform", "ReplayTransform"]
