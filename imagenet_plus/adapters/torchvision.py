@@ -71,7 +71,12 @@ class ImageFolderAdapter(FileAdapter):
 
     @classmethod
     def matches(cls, dataset: Any) -> bool:
-        return isinstance(dataset, _tvd().DatasetFolder)
+        """torchvision's folder datasets, and any dataset with ``samples`` (``(path, label)`` pairs) and ``root``."""
+        if isinstance(dataset, _tvd().DatasetFolder):
+            return True
+        samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
+        return isinstance(root, (str, os.PathLike)) and isinstance(samples, (list, tuple)) and \
+            all(isinstance(s, (list, tuple)) and len(s) == 2 for s in samples[:1])
 
     def files(self) -> Sequence[str]:
         return [s[0] for s in self.dataset.samples]
