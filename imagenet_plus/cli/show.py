@@ -20,8 +20,10 @@ def _caption(ids: np.ndarray, probs: np.ndarray, classes: Sequence[str] | None, 
 
 
 def run(args: argparse.Namespace) -> int:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("imagenet-plus show draws with matplotlib: pip install 'imagenet-plus[demo]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
