@@ -186,13 +186,7 @@ class MLDRArchive:
                 raise ImportFormatError(f"{self.source}: members {self._prefix}{CONFIG_NAME if base == CONFIG_NAME else '...'}"
                                         f" and {name} lie in different folders; an ml-dr archive holds one folder "
                                         f"of samples. Import each reinforcement separately.")
-            if base == CONFIG_NAME:
-                if self.config_member is not None and not self._config_override \
-                        and not self.config_member.endswith(":" + name):
-                    raise ImportFormatError(f"{self.source}: two configs, {self.config_member} and {name}; "
-                                            f"import each reinforcement separately.")
-                return "config"
-            return "sample"
+            return "config" if base == CONFIG_NAME else "sample"
         if base.endswith(".jb") and base[:-3].isdigit():
             raise ImportFormatError(f"{self.source}: member {name} was written by joblib (ml-dr's "
                                     f"reinforce.joblib=true), which this importer does not read; the published "
@@ -225,9 +219,11 @@ class MLDRArchive:
                                     f"({type(e).__name__}: {e}). {_REDOWNLOAD}") from None
 
     def _tar_samples(self) -> Iterator[SampleMember]:
+        configs = 0  # config members seen in this pass
         if self._rest is not None:
             pending, stream = self._pending, self._rest
             self._pending = self._rest = None
+            configs = 1
             yield from pending or ()
         else:
             stream = self._entries()
@@ -235,8 +231,13 @@ class MLDRArchive:
             what = self._classify(name, info)
             if what == "sample":
                 yield SampleMember(int(_SAMPLE_RE.fullmatch(_split(name)[1])[1]), name, read())
-            elif what == "config" and self._config_override:
-                self._check_same_config(read(), f"{self.source}:{name}")
+            elif what == "config":
+                configs += 1
+                if configs > 1:
+                    raise ImportFormatError(f"{self.source}: a second {name} in the archive; it mixes two "
+                                            f"reinforcements: import each separately.")
+                if self._config_override:
+                    self._check_same_config(read(), f"{self.source}:{name}")
 
     def _check_same_config(self, data: bytes, member: str) -> None:
         if self._load_config(data, member) != self.config:
@@ -244,10 +245,13 @@ class MLDRArchive:
                                     f"to different reinforcements. Pass the archive's own config (or none).")
 
     def _folder_root(self) -> Path:
+        def holds(d: Path) -> bool:
+            return (d / CONFIG_NAME).is_file() or any(_SAMPLE_RE.fullmatch(e.name) for e in os.scandir(d))
+
         root = self.source
-        if (root / CONFIG_NAME).is_file() or any(_SAMPLE_RE.fullmatch(e.name) for e in os.scandir(root)):
+        if holds(root):
             return root
-        subs = [d for d in sorted(root.iterdir()) if d.is_dir() and (d / CONFIG_NAME).is_file()]
+        subs = [d for d in sorted(root.iterdir()) if d.is_dir() and holds(d)]
         if len(subs) == 1:
             return subs[0]
         raise ImportFormatError(f"{root}: neither this folder nor exactly one of its sub-folders holds ml-dr's "

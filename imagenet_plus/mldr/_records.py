@@ -27,7 +27,7 @@ from ..errors import ImportFormatError
 from ._unpickle import load_torch_file
 
 __all__ = ["MLDR_RA_OPS", "TRANSFORM_ORDER", "VARIANTS", "DATASETS", "Layout", "SampleRecords",
-           "parse_config", "decode_records", "decode_sample", "ra_magnitude_table"]
+           "parse_config", "decode_records", "decode_sample", "decode_member", "ra_magnitude_table"]
 
 #: ml-dr's RandAugment op list (``dr/transforms.py``, ``RandAugment.op_names``); a stored op is
 #: an index into it. Same order as torchvision's ``RandAugment`` augmentation space.
@@ -622,3 +622,14 @@ def decode_sample(data: bytes, member: str, layout: Layout, *, expected_index: i
     """
     return decode_records(load_torch_file(data, member), member, layout, expected_index=expected_index,
                           num_samples=num_samples)
+
+
+def decode_member(member, layout: Layout, num_samples: int | None = None) -> SampleRecords:
+    """:func:`decode_sample` of a :class:`~imagenet_plus.mldr.SampleMember` (its name states the index).
+
+    Example:
+        >>> with ProcessPoolExecutor() as pool:
+        ...     for recs in pool.map(partial(decode_member, layout=layout, num_samples=n), archive):
+        ...         ...
+    """
+    return decode_sample(member.data, member.name, layout, expected_index=member.index, num_samples=num_samples)
