@@ -189,8 +189,9 @@ def _num(opts: Mapping, key: str, default, member: str, where: str, *, integer=F
     ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
     ok = ok and (not integer or float(v) == int(v)) and (low is None or v >= low) and (high is None or v <= high)
     if not ok:
+        lo, hi = ("-inf" if low is None else low), ("inf" if high is None else high)
         raise _cfg_error(member, f"config option {where}.{key} = {v!r} is not "
-                                 f"{'an integer' if integer else 'a number'} in [{low}, {high}]")
+                                 f"{'an integer' if integer else 'a number'} in [{lo}, {hi}]")
     return int(v) if integer else float(v)
 
 
@@ -251,8 +252,8 @@ def parse_config(config: Any, member: str = "config.pth.tar", *, num_augmentatio
     num_classes = DATASETS[dataset][0]
     if config.get("num_classes", num_classes) != num_classes:
         raise _cfg_error(member, f"num_classes {config.get('num_classes')!r} differs from {dataset}'s {num_classes}")
-    ns = num_augmentations if num_augmentations is not None else rein.get("num_samples")
-    ns = _num({"n": ns}, "n", None, member, "reinforce.num_samples", integer=True, low=1)
+    ns = rein.get("num_samples") if num_augmentations is None else num_augmentations
+    ns = _num({"num_samples": ns}, "num_samples", None, member, "reinforce", integer=True, low=1)
     topk = _num(rein, "topk", None, member, "reinforce", integer=True, low=1, high=num_classes)
     t = _enabled(rein["image_augmentation"], member)
     variant = next((k for k, v in VARIANTS.items() if v == frozenset(t)), None)
