@@ -59,13 +59,24 @@ def single(image: Image.Image, params: dict, *, kind: str, mean, std, backend: s
     x = (F.to_tensor(img) * 255).to(torch.uint8) if backend == "tensor" else img
     if params["flip"]:
         x = F.hflip(x)
-    for op, magnitude in params.get("ra") or ():
-        x = _apply_op(x, OPS[int(op)], float(magnitude), interpolation=InterpolationMode.NEAREST, fill=None)
+    x = randaugment(x, params.get("ra"))
     x = (x / 255.0).to(torch.float32) if backend == "tensor" else F.to_tensor(x)
-    if params.get("erase") is not None:
-        top, left, h, w = (int(v) for v in params["erase"])
+    return F.normalize(erase(x, params.get("erase")), list(mean), list(std))
+
+
+def randaugment(x, pairs):
+    """torchvision's RandAugment op functions (nearest, no fill) with ml-dr's stored (op, magnitude) pairs."""
+    for op, magnitude in pairs or ():
+        x = _apply_op(x, OPS[int(op)], float(magnitude), interpolation=InterpolationMode.NEAREST, fill=None)
+    return x
+
+
+def erase(x: torch.Tensor, box) -> torch.Tensor:
+    """ml-dr's RandomErasing: zeros into the [0, 1] tensor (whatever the configured value)."""
+    if box is not None:
+        top, left, h, w = (int(v) for v in box)
         x[:, top:top + h, left:left + w] = 0
-    return F.normalize(x, list(mean), list(std))
+    return x
 
 
 def replay(image: Image.Image, params: dict, *, kind: str, mean, std, backend: str = "tensor",
