@@ -50,6 +50,9 @@ def test_config_found_early_keeps_the_stream_position(tmp_path):
     a = open_archive(fa.path, N)
     assert len(a._pending) == 2 and a._rest is not None
     assert _indices(a) == list(range(N))
+    with open_archive(fa.path, N) as b:  # closing without iterating releases the open stream
+        assert b._rest is not None
+    assert b._rest is None and _indices(b) == list(range(N))
 
 
 @pytest.mark.parametrize("prefix", ["", "reinforced_data/", "./mnt/reinforced_data/"])
@@ -72,8 +75,9 @@ def test_truncated_tar_gz_names_the_last_good_member(tmp_path):
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(data[: int(len(data) * 0.6)])
     a = open_archive(cut, N)
-    with pytest.raises(ImportFormatError, match=r"cut\.tar\.gz: the archive is truncated or corrupt (inside member "
-                                                r"\S+, )?after member reinforced_data/\S+\.pth\.tar .*download it again"):
+    with pytest.raises(ImportFormatError, match=r"cut\.tar\.gz: the archive is truncated or corrupt (inside "
+                                                r"member \S+, )?after member reinforced_data/\S+\.pth\.tar .*download "
+                                                r"it again"):
         list(a)
 
 

@@ -115,6 +115,18 @@ class MLDRArchive:
         return (f"MLDRArchive({str(self.source)!r}, kind={self.kind!r}, num_samples={self.num_samples}, "
                 f"config_member={self.config_member!r})")
 
+    def close(self) -> None:
+        """Close the tar stream kept open after the config (if the archive was not iterated)."""
+        if self._rest is not None:
+            self._rest.close()
+        self._rest = self._pending = None
+
+    def __enter__(self) -> "MLDRArchive":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ config
     @staticmethod
     def _load_config(data: bytes, member: str) -> Any:
@@ -183,9 +195,9 @@ class MLDRArchive:
             if self._prefix is None:
                 self._prefix = prefix
             elif prefix != self._prefix:
-                raise ImportFormatError(f"{self.source}: members {self._prefix}{CONFIG_NAME if base == CONFIG_NAME else '...'}"
-                                        f" and {name} lie in different folders; an ml-dr archive holds one folder "
-                                        f"of samples. Import each reinforcement separately.")
+                raise ImportFormatError(f"{self.source}: members in {self._prefix or './'} and {name} lie in "
+                                        f"different folders; an ml-dr archive holds one folder of samples and "
+                                        f"its config. Import each reinforcement separately.")
             return "config" if base == CONFIG_NAME else "sample"
         if base.endswith(".jb") and base[:-3].isdigit():
             raise ImportFormatError(f"{self.source}: member {name} was written by joblib (ml-dr's "
