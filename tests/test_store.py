@@ -480,7 +480,7 @@ def test_verify_full_hashes_and_checks_everything(fake):
     r = verify(fake.root, full=True)
     total = sum(e.bytes for e in fake.manifest.shards) + fake.manifest.samples_file.bytes
     assert r.ok and r.full and r.bytes_hashed == total == r.bytes_checked and r.rows_checked == 33
-    assert any(s.startswith("sha256 of 9 shard file(s) and the samples file") for s in r.checked)
+    assert r.files_hashed == 10 and any(s.startswith("sha256 of 10 file(s) (") for s in r.checked)
     assert any(s.startswith("CRC32 of 33 sample row(s)") for s in r.checked)
     assert not any("sha256" in s or "CRC32" in s for s in r.not_checked)
     assert r.not_in_build_id == NOT_IN_BUILD_ID
@@ -590,6 +590,9 @@ def test_missing_shard(copy, fake):
     (copy / fake.manifest.shards[5].file).unlink()
     with pytest.raises(IntegrityError, match=r"shard-s00000004-s00000008-a00006-a00007.*missing"):
         verify(copy)
+    r = verify(copy, full=True, raise_on_problems=False)
+    assert len(r.problems) == 1 and r.files_hashed == 9
+    assert "sha256, rows and values of 1 file(s) whose header or size failed (see problems)" in r.not_checked
     with pytest.raises(IntegrityError, match="re-download"):
         open_store(copy)
     store = open_store(copy, check_files=False)

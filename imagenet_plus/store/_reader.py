@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import AlignmentError, IntegrityError, StoreError
 from ..schema import PROB_CODE_SCALE, PROB_CODE_ZERO, Field, decode_topk_ids, decode_topk_probs, id_bits
 from ._format import (MANIFEST_NAME, REPAIR, ROW_CRC_NAME, check_build_id, check_shard_metadata, check_tensors,
-                      read_header, row_mismatch_message, shard_layout)
+                      read_header, row_checksums, row_mismatch_message, shard_layout)
 from ._manifest import BUILD_ID_FIELDS, Manifest, ShardEntry, compute_build_id
 from ._samples import SamplesFile
 
@@ -26,6 +26,10 @@ __all__ = ["Record", "ReinforcementStore", "open_store"]
 # Same values as schema._CODE_VALUES, so the single-record path decodes bit-identically.
 _CODE_VALUES = np.exp(-np.arange(256, dtype=np.float64) / PROB_CODE_SCALE)
 _CODE_VALUES[PROB_CODE_ZERO] = 0.0
+
+# Fewer unchecked rows of one shard in a batch than this: checked one by one (numpy's per-call cost
+# outweighs its per-row gain on small runs; measured in benchmarks/store_access.py).
+_ROWS_PER_VECTOR_CHECK = 16
 
 _FOREIGN_FIX = f"this shard belongs to another build (the manifest's build_id differs): {REPAIR}"
 
@@ -46,8 +50,8 @@ class _MissingKey(AlignmentError, KeyError):
 class _Shard:
     """An opened shard: read-only numpy views over a shared mmap and a bitmap of checked rows."""
 
-    __slots__ = ("path", "s0", "a0", "a1", "cols", "params", "ids", "probs", "flat", "rows", "crc", "checked",
-                 "checked_np")
+    __slots__ = ("path", "s0", "a0", "a1", "cols", "params", "ids", "probs", "flat", "rows", "row_views", "crc",
+                 "checked", "checked_np")
 
     def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...], build_id: str | None):
         (s0, s1), (a0, a1) = entry.samples, entry.augs
@@ -76,6 +80,7 @@ class _Shard:
         # Row r of field f is bytes [start_f + r * row_f, start_f + (r + 1) * row_f) of the file.
         whole = memoryview(mm)
         self.rows = tuple((whole[tensors[fl.name].start:tensors[fl.name].end], self.cols * fl.nbytes) for fl in fields)
+        self.row_views = tuple(views[fl.name].reshape(n, -1) for fl in fields)
         self.crc = np.frombuffer(mm, dtype="<u4", count=n, offset=tensors[ROW_CRC_NAME].start)
         self.checked = bytearray(n)
         self.checked_np = np.frombuffer(self.checked, dtype=np.uint8)
@@ -89,6 +94,16 @@ class _Shard:
         if crc != want:
             raise IntegrityError(row_mismatch_message(self.path, self.s0 + r, self.a0, self.a1, crc, want))
         self.checked[r] = 1
+
+    def check_rows(self, rows: np.ndarray) -> None:
+        """Check the rows ``rows`` (unique, int64) in one pass: one CRC update per row instead of per field."""
+        got = row_checksums([v[rows] for v in self.row_views])
+        bad = np.flatnonzero(got != self.crc[rows])
+        if bad.size:
+            r = int(rows[bad[0]])
+            raise IntegrityError(row_mismatch_message(self.path, self.s0 + r, self.a0, self.a1, int(got[bad[0]]),
+                                                      int(self.crc[r])))
+        self.checked_np[rows] = 1
 
 
 class ReinforcementStore:
@@ -344,8 +359,11 @@ class ReinforcementStore:
             sh = self._open[int(ks[s])] or self._open_shard(int(ks[s]))
             rows = i[idx] - sh.s0
             todo = rows[sh.checked_np[rows] == 0]
-            for r in np.unique(todo).tolist():
-                sh.check_row(r)
+            if todo.size > _ROWS_PER_VECTOR_CHECK:
+                sh.check_rows(np.unique(todo))
+            else:
+                for r in set(todo.tolist()):
+                    sh.check_row(r)
             flat_idx = rows * sh.cols + (j[idx] - sh.a0)
             for n in names:
                 out[n][idx] = sh.flat[n][flat_idx]
@@ -406,7 +424,7 @@ class ReinforcementStore:
     def index_of_key(self, key: str) -> int:
         """Sample index of ``key``; raises :class:`AlignmentError` (also a ``KeyError``) if absent."""
         if self._key_index is None:
-            self._key_index = {k: n for n, k in enumerate(self.keys)}
+            self._key_index = dict(zip(self.keys, range(self._n)))
         try:
             return self._key_index[key]
         except KeyError:
