@@ -135,10 +135,10 @@ def mapped_store(root: Path, prechecked: bool, prefault: bool):
     of every shard touched, so reads pay no page faults (the CPU cost alone).
     """
     store = open_store(root)
+    if prechecked:
+        store._checked_np[:] = 1
     for k in range(len(store.manifest.shards)):
         sh = store._open_shard(k)
-        if prechecked:
-            sh.checked_np[:] = 1
         if prefault:
             for v in sh.flat.values():
                 np.bitwise_or.reduce(v.reshape(-1).view(np.uint8)[::4096])

@@ -2,8 +2,9 @@
 
 Builds a real store (default 2,000 samples x 400 augmentations, 1000 classes, K=10,
 ImageNet-like keys, per-sample image sizes and fingerprints), measures total bytes on
-disk (shards with their per-row checksums + samples file + manifest) per record, compares with the reference implementation (73 bytes/aug: 37.5 GB for
-ImageNet+ at 400 augmentations), and measures the KL divergence (nats) between the
+disk (shards with their per-row checksums + samples file + manifest) per record,
+compares with the reference implementation (73 bytes/aug: 37.5 GB for ImageNet+ at
+400 augmentations), and measures the KL divergence (nats) between the
 densified float32 top-k and the densified stored (decoded) targets on teacher
 distributions from flat to very peaked.
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._checks import check_int
 from .._files import human_bytes
 from ..errors import IntegrityError, StoreError
 from ._format import check_build_id, check_shard_metadata, check_tensors, read_header, shard_layout
@@ -63,7 +64,8 @@ class VerifyReport:
     def to_json(self) -> dict:
         return {"path": self.path, "full": self.full, "ok": self.ok, "num_shards": self.num_shards,
                 "num_records": self.num_records, "bytes_checked": self.bytes_checked,
-                "bytes_hashed": self.bytes_hashed, "files_hashed": self.files_hashed, "rows_checked": self.rows_checked, "checked": self.checked,
+                "bytes_hashed": self.bytes_hashed, "files_hashed": self.files_hashed,
+                "rows_checked": self.rows_checked, "checked": self.checked,
                 "not_checked": self.not_checked, "problems": self.problems,
                 "not_in_build_id": self.not_in_build_id, "seconds": round(self.seconds, 3)}
 
@@ -202,8 +204,8 @@ def verify(path: str | os.PathLike, full: bool = False, *, num_augmentations: in
     t0 = time.perf_counter()
     root = Path(path)
     m = Manifest.load(root)
-    limit = m.num_augmentations if num_augmentations is None else int(num_augmentations)
-    if not 1 <= limit <= m.num_augmentations:
+    limit = check_int(num_augmentations, "num_augmentations", low=1, optional=True) or m.num_augmentations
+    if limit > m.num_augmentations:
         raise StoreError(f"verify: num_augmentations={num_augmentations} outside [1, {m.num_augmentations}]")
     shards = [e for e in m.shards if e.augs[0] < limit]
     report = VerifyReport(str(root), bool(full), m)
