@@ -136,7 +136,7 @@ def mapped_store(root: Path, prechecked: bool, prefault: bool):
     """
     store = open_store(root)
     if prechecked:
-        store._checked_np[:] = 1
+        store._checked_np[:] = 0xFF
     for k in range(len(store.manifest.shards)):
         sh = store._open_shard(k)
         if prefault:

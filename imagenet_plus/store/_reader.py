@@ -219,9 +219,9 @@ class ReinforcementStore:
         self._open: list[_Shard | None] = [None] * len(self.manifest.shards)
         self._order: deque[int] = deque()
         self._lock = threading.Lock()
-        # One byte per sample row (sample i, augmentation block b: i * blocks + b): checked in this process.
-        self._checked = bytearray(self._n * self._nab)
-        self._checked_np = np.frombuffer(self._checked, dtype=np.uint8)
+        # One bit per sample row (sample i, augmentation block b: row i * blocks + b): checked in this process.
+        self._checked_np = np.zeros((self._n * self._nab + 7) // 8, dtype=np.uint8)
+        self._checked = memoryview(self._checked_np)  # fast scalar access
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -266,9 +266,9 @@ class ReinforcementStore:
             sh = self._open_shard(k)
         r = i - sh.s0
         row = i * self._nab + b
-        if not self._checked[row]:
+        if not self._checked[row >> 3] >> (row & 7) & 1:
             sh.check_row(r)
-            self._checked[row] = 1
+            self._checked[row >> 3] |= 1 << (row & 7)  # a lost update (two threads) only means a re-check
         return sh, r, j - sh.a0
 
     # -- properties ------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ class ReinforcementStore:
         b = j // self._aps
         k = (i // self._sps) * self._nab + b
         rows = i * self._nab + b
-        new = np.flatnonzero(self._checked_np[rows] == 0)
+        new = np.flatnonzero((self._checked_np[rows >> 3] >> (rows & 7) & 1) == 0)
         if new.size:
             self._check_rows(np.unique(rows[new]))
         order = np.argsort(k, kind="stable")
@@ -385,7 +385,7 @@ class ReinforcementStore:
             else:
                 for r in (i[s:e] - sh.s0).tolist():
                     sh.check_row(r)
-            self._checked_np[rows[s:e]] = 1
+            np.bitwise_or.at(self._checked_np, rows[s:e] >> 3, (1 << (rows[s:e] & 7)).astype(np.uint8))
 
     def params_batch(self, i, j) -> dict[str, np.ndarray]:
         """Params of records ``(i[b], j[b])``: ``{field: array[B, *field.shape]}`` (``i``, ``j`` broadcast)."""
