@@ -169,7 +169,17 @@ def checksum_cost(root: Path, rng: np.random.Generator, n: int, a: int, reads: i
             t = time.perf_counter()
             store.records_batch(x, y)
             spent[side] += time.perf_counter() - t
+    sh = on._open_shard(0)  # the check alone: one shard's rows at random, pages touched beforehand
+    for v in sh.flat.values():
+        np.bitwise_or.reduce(v.reshape(-1).view(np.uint8)[::4096])
+    picks = rng.integers(0, m.shards[0].samples[1] - m.shards[0].samples[0], 5000).tolist()
+    t = time.perf_counter()
+    for r in picks:
+        sh.check_row(r)
+    alone_us = (time.perf_counter() - t) * 1e6 / len(picks)
     return {
+        "check_row_alone_us": round(alone_us, 2),
+        "row_bytes": sum(f.nbytes for f in m.fields) * (m.shards[0].augs[1] - m.shards[0].augs[0]),
         "single_record_with_check": stats(single_on), "single_record_without_check": stats(single_off),
         "single_ratio_mean": round(float(single_on.mean() / single_off.mean()), 3),
         "single_ratio_median": round(float(np.median(single_on) / np.median(single_off)), 3),
