@@ -26,6 +26,7 @@ dataset does this at construction).
 
 Run:
     python benchmarks/store_access.py [--samples 25000] [--augs 400] [--reads 20000] [--open-samples 1281167]
+    python benchmarks/store_access.py --quick      # small sizes
 
 Prints one JSON object.
 """
@@ -225,7 +226,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--open-samples", type=int, default=1_281_167, help="samples of the open-time store (0: skip)")
     ap.add_argument("--store", type=str, default=None, help="reuse/keep the store in this folder")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, about 15 s)")
     args = ap.parse_args()
+    if args.quick:
+        args.samples, args.augs, args.samples_per_shard, args.augs_per_shard = 2000, 50, 500, 25
+        args.reads, args.open_samples = 4000, 50000
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.store or Path(tmp) / "store")
