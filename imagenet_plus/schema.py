@@ -15,10 +15,11 @@ A reinforcement store holds, for every sample ``i`` and augmentation ``j``:
   stay within ~1e-4 nats KL of the float32 originals, flat or peaked (see
   ``benchmarks/store_size.py``).
 
-and for every sample its identity (``samples.safetensors``): ``label``
-(int32), ``content_hash`` (8 bytes of BLAKE2b over the decoded RGB pixels and
-their size) and ``key`` (relative path or key, UTF-8, stored as concatenated
-bytes plus int64 offsets).
+and for every sample its identity (``samples.safetensors``, :data:`SAMPLE_FIELDS`):
+``label`` (int32), ``content_hash`` (an 8-byte digest the caller computes),
+``image_size`` (``H, W`` of the decoded image), ``fingerprint`` (an 8x8 luma
+thumbnail, :func:`imagenet_plus.identity.fingerprint`, for resized copies) and ``key`` (relative path or
+key, UTF-8, stored as concatenated bytes plus int64 offsets).
 
 The writer, the reader, ``verify`` and the Parquet export all read these
 declarations. All multi-byte dtypes are little-endian (``<``) so shards are
@@ -27,7 +28,6 @@ portable across machines.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -44,7 +44,7 @@ __all__ = [
     "encode_topk_probs",
     "decode_topk_probs",
     "decode_tail",
-    "content_hash",
+    "SAMPLE_FIELDS",
 ]
 
 #: Log-code resolution: code ``c`` means probability ``exp(-c / PROB_CODE_SCALE)``.
@@ -183,10 +183,11 @@ def decode_tail(codes: np.ndarray) -> np.ndarray:
     return (v[..., -1] / np.where(total > 0, total, 1.0)).astype(np.float32)
 
 
-def content_hash(pixels: np.ndarray) -> np.ndarray:
-    """8-byte BLAKE2b of an RGB ``uint8[H, W, 3]`` image's shape and pixels (the sample's identity)."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    h = hashlib.blake2b(digest_size=8)
-    h.update(np.asarray(pixels.shape, dtype="<i8").tobytes())
-    h.update(pixels.tobytes())
-    return np.frombuffer(h.digest(), dtype=np.uint8).copy()
+#: The per-sample identity columns of ``samples.safetensors`` (shape per sample); the keys are
+#: stored beside them as ``key_bytes`` / ``key_offsets``.
+SAMPLE_FIELDS = (
+    Field("label", "<i4", (), 0, None, "the base dataset's label (checked against num_classes by verify)"),
+    Field("content_hash", "|u1", (8,), 0, 255, "8-byte digest of the sample's file bytes or raw array"),
+    Field("image_size", "<u4", (2,), 1, 2**31 - 1, "H, W of the decoded image"),
+    Field("fingerprint", "|u1", (64,), 0, 255, "8x8 luma thumbnail, area-averaged (identity.fingerprint)"),
+)

@@ -1,12 +1,13 @@
-"""Tests of imagenet_plus.schema: field declarations, bit-packed ids, log-coded probabilities, content hashes."""
+"""Tests of imagenet_plus.schema: field declarations, bit-packed ids, log-coded probabilities, identity columns."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from imagenet_plus.schema import (PROB_CODE_ZERO, Field, content_hash, decode_tail, decode_topk_ids,
-                                  decode_topk_probs, encode_topk_ids, encode_topk_probs, id_bits, target_fields)
+from imagenet_plus.schema import (PROB_CODE_ZERO, SAMPLE_FIELDS, Field, content_hash, decode_tail, decode_topk_ids,
+                                  decode_topk_probs, encode_topk_ids, encode_topk_probs, fingerprint, id_bits,
+                                  target_fields)
 
 
 def test_field_json_round_trip_and_nbytes():
@@ -81,13 +82,7 @@ def test_probs_extremes():
     np.testing.assert_allclose(one_code[2] / one_code[0], np.exp(-1), rtol=1e-6)
 
 
-def test_content_hash():
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
-    h = content_hash(img)
-    assert h.dtype == np.uint8 and h.shape == (8,)
-    np.testing.assert_array_equal(h, content_hash(img.copy()))
-    other = img.copy()
-    other[4, 5, 2] ^= 1
-    assert not np.array_equal(h, content_hash(other))
-    assert not np.array_equal(content_hash(img.reshape(6, 5, 3)), h)  # same bytes, other size
+def test_sample_fields_declare_the_identity_columns():
+    assert [(f.name, f.dtype, f.shape) for f in SAMPLE_FIELDS] == [
+        ("label", "<i4", ()), ("content_hash", "|u1", (8,)), ("image_size", "<u4", (2,)),
+        ("fingerprint", "|u1", (64,))]
