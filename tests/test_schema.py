@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imagenet_plus.schema import (PROB_CODE_ZERO, SAMPLE_FIELDS, Field, content_hash, decode_tail, decode_topk_ids,
-                                  decode_topk_probs, encode_topk_ids, encode_topk_probs, fingerprint, id_bits,
+from imagenet_plus.schema import (PROB_CODE_ZERO, SAMPLE_FIELDS, Field, decode_tail, decode_topk_ids,
+                                  decode_topk_probs, encode_topk_ids, encode_topk_probs, id_bits,
                                   target_fields)
 
 

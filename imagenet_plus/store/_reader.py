@@ -429,7 +429,7 @@ class ReinforcementStore:
 
     @property
     def fingerprints(self) -> np.ndarray:
-        """``uint8[N, 64]`` 8x8 luma thumbnails (``schema.fingerprint``) recorded at build time (read-only)."""
+        """``uint8[N, 64]`` 8x8 luma thumbnails (``identity.fingerprint``) recorded at build time (read-only)."""
         return self._samples_file.column("fingerprint")
 
     @property

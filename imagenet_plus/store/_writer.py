@@ -197,7 +197,7 @@ def write_samples(root: str | os.PathLike, labels, keys: Sequence[str], hashes, 
         keys: ``N`` unique sample keys (relative paths or ``"{split}/{index}"``).
         hashes: uint8 ``[N, 8]`` content digests (computed by the caller).
         sizes: int ``[N, 2]``: ``H, W`` of each decoded image (>= 1).
-        fingerprints: uint8 ``[N, 64]``: :func:`imagenet_plus.schema.fingerprint` of each image.
+        fingerprints: uint8 ``[N, 64]``: :func:`imagenet_plus.identity.fingerprint` of each image.
         build_id: the build's id (:func:`compute_build_id`), stored in the file's ``__metadata__``.
 
     Returns:
