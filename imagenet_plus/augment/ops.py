@@ -102,10 +102,22 @@ def _move(images: torch.Tensor, op: str, magnitude: float, fill: int) -> torch.T
         return out
     src = cached_upload(("nearest", op, magnitude, h, w), images.device, lambda: how[1])
     if images.device.type == "cpu":  # numpy's take is ~1.4x torch.gather with an expanded index here
-        flat = np.empty((b * c, h * w + 1), dtype=images.numpy().dtype)
-        flat[:, :h * w] = images.numpy().reshape(b * c, h * w)
-        flat[:, h * w] = fill
-        return torch.from_numpy(np.take(flat, src.numpy(), axis=1)).view(b, c, h, w)
+        return _gather_numpy(images, src, fill)
+    return _gather_torch(images, src, fill)
+
+
+def _gather_numpy(images: torch.Tensor, src: torch.Tensor, fill: int) -> torch.Tensor:
+    """``out[..., k] = images[..., src[k]]`` per channel plane, ``src[k] == H * W`` meaning ``fill`` (CPU)."""
+    b, c, h, w = images.shape
+    flat = np.empty((b * c, h * w + 1), dtype=images.numpy().dtype)
+    flat[:, :h * w] = images.numpy().reshape(b * c, h * w)
+    flat[:, h * w] = fill
+    return torch.from_numpy(np.take(flat, src.numpy(), axis=1)).view(b, c, h, w)
+
+
+def _gather_torch(images: torch.Tensor, src: torch.Tensor, fill: int) -> torch.Tensor:
+    """:func:`_gather_numpy` with torch ops, on any device (``src`` on ``images.device``)."""
+    b, c, h, w = images.shape
     flat = torch.cat([images.reshape(b * c, h * w), images.new_full((b * c, 1), fill)], dim=1)
     return torch.gather(flat, 1, src.view(1, -1).expand(b * c, -1)).view(b, c, h, w)
 
