@@ -10,7 +10,7 @@ interleaved rounds so that a busy machine slows every pipeline alike.
 
 Also reported, per record on pre-decoded images (``per_record_us``): ``Policy.apply``
 (crop + finish + the params check), ``Policy.check_params`` alone and ``Policy.sample``
-for one record given as Python ints (medians over repeated timings).
+for one record given as Python ints (medians of repeated timings, in this process's CPU time).
 
     python benchmarks/replay_throughput.py [--images 24] [--seconds 6] [--policy rrc+ra/re]
 """
@@ -86,8 +86,9 @@ def _per_record_us(policy, images, params, repeats: int = 7) -> dict[str, float]
     recs = list(zip(images, params))
     sizes = [(im.size[1], im.size[0]) for im in images]
 
-    def med(fn, number):
-        return float(np.median(timeit.repeat(fn, number=number, repeat=repeats))) / number * 1e6
+    def med(fn, number):  # CPU time of this process: other processes on a busy machine do not count
+        return float(np.median(timeit.repeat(fn, number=number, repeat=repeats, timer=time.process_time))) \
+            / number * 1e6
 
     def apply_all():
         for im, prm in recs:
