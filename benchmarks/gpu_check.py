@@ -174,6 +174,143 @@ def check_replay_throughput(args) -> dict:
     return out
 
 
+#: Policies the sync check runs besides the presets: the non-default op paths of ``finish``.
+SYNC_CHECK_CONFIGS = {
+    "ra_bilinear": ("rrc+ra/re", {"randaugment": {"interpolation": "bilinear", "fill": 128, "num_ops": 3}}),
+    "mixup_only": ("rrc+mix+ra/re", {"mix": {"cutmix_alpha": 0.0}}),
+    "cutmix_half": ("rrc+mix", {"mix": {"mixup_alpha": 0.0, "prob": 0.5}}),
+}
+
+
+def _offending_frame(exc: BaseException) -> str:
+    """The innermost frame of the package (else of torchvision, else the last) in ``exc``'s traceback."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    for marker in ("imagenet_plus", "torchvision"):
+        hits = [f for f in frames if marker in f.filename]
+        if hits:
+            f = hits[-1]
+            return f"{Path(f.filename).name}:{f.lineno} {f.name}: {f.line}"
+    f = frames[-1]
+    return f"{Path(f.filename).name}:{f.lineno} {f.name}: {f.line}"
+
+
+def _clear_caches() -> None:
+    """Empty the op caches (gather maps, grids, tables, device copies) so the first call runs cold."""
+    import importlib
+
+    ops = importlib.import_module("imagenet_plus.augment.ops")
+    for name in ("_nearest_map", "_affine_grid", "_lut"):
+        if hasattr(getattr(ops, name, None), "cache_clear"):
+            getattr(ops, name).cache_clear()
+    try:
+        importlib.import_module("imagenet_plus.augment._device")._CACHE.clear()
+    except ImportError:  # a version without device caches
+        pass
+
+
+def check_finish_sync_free(args) -> dict:
+    """``Policy.finish`` on CUDA never makes the host wait: every preset (and the bilinear-RandAugment,
+    MixUp-only and half-CutMix configs) under ``torch.cuda.set_sync_debug_mode("error")``, with cold
+    caches and then warm, for 1, 2 and 64 records; the pixels must also match the CPU ``finish``
+    (mean |diff| <= 1 grey level). Runs only with ``--device cuda``."""
+    from imagenet_plus.augment import PRESETS
+
+    device = torch.device(args.device)
+    if device.type != "cuda":
+        return {"ok": True, "skipped": "needs --device cuda"}
+    size = 48 if args.small else 224
+    imgs = _photos(8)
+    configs = {name: (name, {}) for name in PRESETS}
+    configs.update(SYNC_CHECK_CONFIGS)
+    out: dict = {}
+    ok = True
+    for label, (base, over) in configs.items():
+        policy = create_policy(base, output_size=size, **over)
+        _clear_caches()
+        row: dict = {}
+        for bs in (1, 2, 64):
+            crops, partners, prm, pprm = _records(policy, imgs, bs, seed=3)
+            mix = policy.uses_mix
+            images_d, partners_d = crops.to(device), partners.to(device)
+            torch.cuda.synchronize(device)
+            error = None
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(2):  # cold caches, then warm
+                    y = policy.finish(images_d, prm, partners_d if mix else None, pprm if mix else None)
+            except RuntimeError as exc:
+                error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]} at {_offending_frame(exc)}"
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.synchronize(device)
+            entry = {"sync_free": error is None}
+            if error is None:
+                ref = policy.finish(crops, prm, partners if mix else None, pprm if mix else None)
+                diff = (y.cpu().int() - ref.int()).abs()
+                entry.update(mean_abs_diff=diff.float().mean().item(), max_abs_diff=int(diff.max()))
+                ok = ok and entry["mean_abs_diff"] <= 1.0
+            else:
+                entry["error"] = error
+                ok = False
+            row[f"batch_{bs}"] = entry
+        out[label] = row
+    out["ok"] = ok
+    return out
+
+
+def check_finish_host_time(args) -> dict:
+    """Host milliseconds per ``Policy.finish`` call on a side stream while the GPU is busy with bf16
+    matrix products on the main stream (a stand-in for the teacher): a finish that syncs waits for
+    them, one that only enqueues does not. Also the idle-GPU host time and the finish kernels' own
+    GPU time. Runs only with ``--device cuda``."""
+    device = torch.device(args.device)
+    if device.type != "cuda":
+        return {"ok": True, "skipped": "needs --device cuda"}
+    size = 48 if args.small else 224
+    bs = 16 if args.small else args.batch_size
+    imgs = _photos(8)
+    busy = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    side = torch.cuda.Stream(device)
+    out: dict = {"batch_size": bs, "size": size, "busy_work": "40 bf16 8192^3 products per call"}
+    for name in ("rrc+ra/re", "rrc+mix+ra/re"):
+        policy = create_policy(name, output_size=size)
+        crops, partners, prm, pprm = _records(policy, imgs, bs, seed=4)
+        x, xp = crops.to(device), partners.to(device)
+        mix = policy.uses_mix
+
+        def finish():
+            with torch.cuda.stream(side):
+                return policy.finish(x, prm, xp if mix else None, pprm if mix else None)
+
+        finish()
+        torch.cuda.synchronize(device)
+        host = {"busy": [], "idle": []}
+        gpu_ms = []
+        for it in range(6 if args.small else 12):
+            state = "busy" if it % 2 == 0 else "idle"
+            if state == "busy":
+                for _ in range(40):
+                    busy @ busy
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            with torch.cuda.stream(side):
+                start.record(side)
+            finish()
+            with torch.cuda.stream(side):
+                end.record(side)
+            host[state].append(1000 * (time.perf_counter() - t0))
+            torch.cuda.synchronize(device)
+            if state == "idle":
+                gpu_ms.append(start.elapsed_time(end))
+        out[name] = {"host_ms_busy_gpu": float(np.median(host["busy"])),
+                     "host_ms_idle_gpu": float(np.median(host["idle"])),
+                     "finish_gpu_ms_idle": float(np.median(gpu_ms))}
+    out["ok"] = True
+    return out
+
+
 # ---------------------------------------------------------------------------
 # CHECKS: the functions this script runs, in order. Each takes the parsed args and
 # returns a JSON-able dict with an "ok" entry. Builder owner: add the build-throughput
@@ -182,6 +319,8 @@ def check_replay_throughput(args) -> dict:
 CHECKS = {
     "agreement": check_agreement,
     "throughput": check_replay_throughput,
+    "finish_sync_free": check_finish_sync_free,
+    "finish_host_time": check_finish_host_time,
 }
 
 

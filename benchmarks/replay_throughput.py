@@ -8,6 +8,10 @@ the tensor backend; the faster one is the baseline. Prints one JSON object; ``ra
 replay images/s / baseline images/s (>= 1.0 required); rates are medians of
 interleaved rounds so that a busy machine slows every pipeline alike.
 
+Also reported, per record on pre-decoded images (``per_record_us``): ``Policy.apply``
+(crop + finish + the params check), ``Policy.check_params`` alone and ``Policy.sample``
+for one record given as Python ints (medians of repeated timings, in this process's CPU time).
+
     python benchmarks/replay_throughput.py [--images 24] [--seconds 6] [--policy rrc+ra/re]
 """
 
@@ -73,6 +77,33 @@ def _time_interleaved(fns: dict, items, seconds: float, rounds: int) -> dict[str
                     break
             rates[name].append(n / dt)
     return {k: float(np.median(v)) for k, v in rates.items()}
+
+
+def _per_record_us(policy, images, params, repeats: int = 7) -> dict[str, float]:
+    """Median microseconds per call of apply / check_params / sample on single records."""
+    import timeit
+
+    recs = list(zip(images, params))
+    sizes = [(im.size[1], im.size[0]) for im in images]
+
+    def med(fn, number):  # CPU time of this process: other processes on a busy machine do not count
+        return float(np.median(timeit.repeat(fn, number=number, repeat=repeats, timer=time.process_time))) \
+            / number * 1e6
+
+    def apply_all():
+        for im, prm in recs:
+            policy.apply(im, prm)
+
+    def check_all():
+        for _, prm in recs:
+            policy.check_params(prm)
+
+    def sample_all():
+        for k, (h, w) in enumerate(sizes):
+            policy.sample(0, k, 3, h, w, num_samples=len(sizes))
+
+    return {"apply": round(med(apply_all, 1) / len(recs), 1), "check_params": round(med(check_all, 20) / len(recs), 2),
+            "sample": round(med(sample_all, 20) / len(sizes), 2)}
 
 
 def _store(root: Path, policy, jpegs, num_aug: int, num_classes=1000, topk=10):
@@ -142,6 +173,8 @@ def main(argv=None) -> dict:
             "decode_only": lambda rec: _decode(jpegs[rec[0]]),
         }, records, args.seconds, args.rounds)
         decode_only = results.pop("decode_only")
+        decoded = [_decode(jpegs[i]) for i, _ in records]
+        per_record = _per_record_us(policy, decoded, [store.params(i, j) for i, j in records])
     base_name = max(("torchvision_pil", "torchvision_tensor"), key=results.get)
     out = {
         "benchmark": "replay_throughput", "policy": policy.name, "output_size": policy.output_size,
@@ -150,6 +183,7 @@ def main(argv=None) -> dict:
         "torchvision_pil_images_per_s": round(results["torchvision_pil"], 1),
         "torchvision_tensor_images_per_s": round(results["torchvision_tensor"], 1),
         "decode_only_images_per_s": round(decode_only, 1),
+        "per_record_us": per_record,
         "baseline": base_name,
         "ratio": round(results["replay"] / results[base_name], 3),
     }

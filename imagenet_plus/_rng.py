@@ -8,49 +8,42 @@ vectorised in numpy (uint64 arithmetic wraps modulo 2**64 by definition).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_S11, _S27, _S30, _S31 = (np.uint64(k) for k in (11, 27, 30, 31))
+_MASK = 0xFFFFFFFFFFFFFFFF
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    """SplitMix64's finaliser on a uint64 array of at least one dimension.
+
+    Array arithmetic wraps modulo 2**64 silently (only numpy *scalars* warn on overflow),
+    which is why every caller passes arrays.
+    """
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
 
 
-_MASK = 0xFFFFFFFFFFFFFFFF
-_GOLDEN_INT, _M1_INT, _M2_INT = int(_GOLDEN), int(_M1), int(_M2)
-_SCALE = 1.0 / 9007199254740992.0
-
-
-def _mix64_int(x: int) -> int:
-    x = ((x ^ (x >> 30)) * _M1_INT) & _MASK
-    x = ((x ^ (x >> 27)) * _M2_INT) & _MASK
-    return x ^ (x >> 31)
-
-
-def _uniforms_scalar(seed: int, s: int, a: int, n: int, stream: int) -> np.ndarray:
-    """:func:`uniforms` for one record with Python integers (no numpy per-call overhead); same values."""
-    base = _mix64_int((seed & _MASK) ^ _mix64_int((stream + _GOLDEN_INT) & _MASK))
-    k = _mix64_int(base ^ ((s * _GOLDEN_INT) & _MASK))
-    k = _mix64_int(k ^ ((a * _M1_INT + _GOLDEN_INT) & _MASK))
-    return np.array([(_mix64_int((k + c * _GOLDEN_INT) & _MASK) >> 11) * _SCALE for c in range(1, n + 1)])
+@functools.lru_cache(maxsize=1024)
+def _stream_key(seed: int, stream: int) -> np.ndarray:
+    """The key of one (seed, stream) pair, shape ``(1,)`` (read-only use)."""
+    return _mix64(np.array([seed & _MASK], np.uint64) ^ _mix64(np.array([stream & _MASK], np.uint64) + _GOLDEN))
 
 
 def record_keys(seed: int, sample_idx, aug_idx, stream: int = 0) -> np.ndarray:
     """One 64-bit key per record; ``sample_idx`` and ``aug_idx`` broadcast together."""
     s = np.asarray(sample_idx, dtype=np.uint64)
     a = np.asarray(aug_idx, dtype=np.uint64)
-    base = _mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ _mix64(np.uint64(stream) + _GOLDEN))
-    with np.errstate(over="ignore"):
-        k = _mix64(base ^ (s * _GOLDEN))
-        k = _mix64(k ^ (a * _M1 + _GOLDEN))
-    return k
+    shape = np.broadcast_shapes(s.shape, a.shape)
+    k = _mix64(_stream_key(int(seed), int(stream)) ^ (np.atleast_1d(s) * _GOLDEN))
+    k = _mix64(k ^ (np.atleast_1d(a) * _M1 + _GOLDEN))
+    return k.reshape(shape)
 
 
 def uniforms(seed: int, sample_idx, aug_idx, n: int, stream: int = 0) -> np.ndarray:
@@ -64,11 +57,7 @@ def uniforms(seed: int, sample_idx, aug_idx, n: int, stream: int = 0) -> np.ndar
         stream: a small integer naming the purpose of the draws (so that two
             consumers of randomness never share numbers).
     """
-    if isinstance(sample_idx, (int, np.integer)) and isinstance(aug_idx, (int, np.integer)) \
-            and sample_idx >= 0 and aug_idx >= 0:
-        return _uniforms_scalar(int(seed), int(sample_idx), int(aug_idx), n, int(stream))
     keys = record_keys(seed, sample_idx, aug_idx, stream)
     ctr = np.arange(1, n + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        bits = _mix64(keys[..., None] + ctr * _GOLDEN)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+    bits = _mix64(np.atleast_1d(keys)[..., None] + ctr * _GOLDEN).reshape(keys.shape + (n,))
+    return (bits >> _S11).astype(np.float64) * (1.0 / 9007199254740992.0)

@@ -1,4 +1,4 @@
-"""Counter-based randomness (``imagenet_plus._rng``): determinism, independence, scalar == vectorised."""
+"""Counter-based randomness (``imagenet_plus._rng``): determinism, independence, scalar and array inputs agree."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from imagenet_plus import _rng
 
 
-def test_scalar_fast_path_equals_the_vectorised_path():
+def test_scalar_inputs_equal_array_rows():
     rng = np.random.default_rng(1)
     for _ in range(500):
         seed, s, a = int(rng.integers(0, 2**63)), int(rng.integers(0, 2**40)), int(rng.integers(0, 2**20))
@@ -15,6 +15,27 @@ def test_scalar_fast_path_equals_the_vectorised_path():
         one = _rng.uniforms(seed, s, a, n, stream)
         vec = _rng.uniforms(seed, np.array([s, s + 1]), np.array([a, a]), n, stream)
         assert one.shape == (n,) and np.array_equal(one, vec[0])
+        assert _rng.record_keys(seed, s, a, stream).shape == ()
+        assert _rng.record_keys(seed, s, a, stream) == _rng.record_keys(seed, [s], a, stream)[0]
+
+
+def test_known_values():
+    """SplitMix64 by hand (Python integers) for one record: the stored parameters depend on these exact bits."""
+    mask = 2**64 - 1
+
+    def mix(x):
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    golden = 0x9E3779B97F4A7C15
+    seed, s, a, stream = 2**63 + 12345, 987654321, 77, 3
+    key = mix(seed ^ mix((stream + golden) & mask))
+    key = mix(key ^ ((s * golden) & mask))
+    key = mix(key ^ ((a * 0xBF58476D1CE4E5B9 + golden) & mask))
+    expected = [(mix((key + c * golden) & mask) >> 11) / 2**53 for c in range(1, 6)]
+    assert _rng.uniforms(seed, s, a, 5, stream).tolist() == expected
+    assert int(_rng.record_keys(seed, s, a, stream)) == key
 
 
 def test_draws_depend_only_on_their_counters():

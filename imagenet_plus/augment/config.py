@@ -224,5 +224,5 @@ def _validate(cfg: dict) -> dict:
         v = cfg.get(key, list(default))
         if not isinstance(v, (list, tuple)) or len(v) != 3:
             raise _fail(key, v, "a list of 3 numbers (per RGB channel, on the [0, 1] scale)")
-        out[key] = [_num(key, x, 0.0 if key == "mean" else 0.0, 1e3, lo_open=(key == "std")) for x in v]
+        out[key] = [_num(key, x, 0.0, 1e3, lo_open=(key == "std")) for x in v]
     return out

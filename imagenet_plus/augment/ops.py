@@ -6,6 +6,12 @@ new images; nothing here draws random numbers. Inputs are ``uint8`` tensors
 the records that share an op (and sign) and calling torchvision's
 ``transforms.v2.functional`` kernel once per group, so a batch gives the same
 pixels as its records one by one (bit-exact on the CPU).
+
+Per-record parameters are host arrays (numpy or CPU tensors): every decision (which
+groups exist, whether anything is erased or mixed) is taken on the host, and what the
+kernels need on the device travels as one pinned, non-blocking upload per array per
+batch (:mod:`._device`), so on CUDA these functions only enqueue work and never wait
+for the device.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from ._device import cached_upload, upload
 from .config import RA_OPS
 
 __all__ = ["SIGNED_OPS", "ra_magnitude", "apply_ra_op", "apply_randaugment", "erase", "mix"]
@@ -56,7 +63,7 @@ _GEOMETRIC = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"
 
 
 @functools.lru_cache(maxsize=512)
-def _nearest_map(op: str, magnitude: float, height: int, width: int, device: str):
+def _nearest_map(op: str, magnitude: float, height: int, width: int):
     """How a nearest-neighbour geometric op moves pixels: ``("shift", dy, dx)`` or ``("gather", src)``.
 
     Computed by running torchvision's own kernel on an image whose values are the pixel
@@ -79,11 +86,13 @@ def _nearest_map(op: str, magnitude: float, height: int, width: int, device: str
         shifted = torch.where(inside, ys * width + xs, n).reshape(-1)
         if torch.equal(shifted, src):
             return ("shift", dy, dx)
-    return ("gather", src.to(device))
+    return ("gather", src)
 
 
-def _move(images: torch.Tensor, how, fill: int) -> torch.Tensor:
+def _move(images: torch.Tensor, op: str, magnitude: float, fill: int) -> torch.Tensor:
+    """Replay a nearest-neighbour geometric op as :func:`_nearest_map` recorded it."""
     b, c, h, w = images.shape
+    how = _nearest_map(op, magnitude, h, w)
     if how[0] == "shift":
         _, dy, dx = how
         out = torch.full_like(images, fill)
@@ -91,14 +100,73 @@ def _move(images: torch.Tensor, how, fill: int) -> torch.Tensor:
             out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
                 images[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
         return out
-    src = how[1]
+    src = cached_upload(("nearest", op, magnitude, h, w), images.device, lambda: how[1])
     if images.device.type == "cpu":  # numpy's take is ~1.4x torch.gather with an expanded index here
-        flat = np.empty((b * c, h * w + 1), dtype=images.numpy().dtype)
-        flat[:, :h * w] = images.numpy().reshape(b * c, h * w)
-        flat[:, h * w] = fill
-        return torch.from_numpy(np.take(flat, src.numpy(), axis=1)).view(b, c, h, w)
+        return _gather_numpy(images, src, fill)
+    return _gather_torch(images, src, fill)
+
+
+def _gather_numpy(images: torch.Tensor, src: torch.Tensor, fill: int) -> torch.Tensor:
+    """``out[..., k] = images[..., src[k]]`` per channel plane, ``src[k] == H * W`` meaning ``fill`` (CPU)."""
+    b, c, h, w = images.shape
+    flat = np.empty((b * c, h * w + 1), dtype=images.numpy().dtype)
+    flat[:, :h * w] = images.numpy().reshape(b * c, h * w)
+    flat[:, h * w] = fill
+    return torch.from_numpy(np.take(flat, src.numpy(), axis=1)).view(b, c, h, w)
+
+
+def _gather_torch(images: torch.Tensor, src: torch.Tensor, fill: int) -> torch.Tensor:
+    """:func:`_gather_numpy` with torch ops, on any device (``src`` on ``images.device``)."""
+    b, c, h, w = images.shape
     flat = torch.cat([images.reshape(b * c, h * w), images.new_full((b * c, 1), fill)], dim=1)
     return torch.gather(flat, 1, src.view(1, -1).expand(b * c, -1)).view(b, c, h, w)
+
+
+@functools.lru_cache(maxsize=256)
+def _affine_grid(op: str, magnitude: float, height: int, width: int) -> torch.Tensor | None:
+    """The sampling grid torchvision's ``affine`` / ``rotate`` kernel builds for a geometric op.
+
+    Same matrix and grid functions, same arguments as :func:`_torchvision_op` passes, computed
+    on the CPU in float32 (as torchvision does for a CPU image). ``None``: the op is the identity
+    (a rotation by 0 degrees, which torchvision returns as a copy without resampling).
+    """
+    from torchvision.transforms.v2.functional._geometry import _affine_grid as grid_of
+    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+
+    zero = [0.0, 0.0]
+    if op in ("ShearX", "ShearY"):
+        shear = math.degrees(math.atan(magnitude))
+        matrix = _get_inverse_affine_matrix([-0.5 * width, -0.5 * height], 0.0, zero, 1.0,
+                                            [shear, 0.0] if op == "ShearX" else [0.0, shear])
+    elif op in ("TranslateX", "TranslateY"):
+        shift = [float(int(magnitude)), 0.0] if op == "TranslateX" else [0.0, float(int(magnitude))]
+        matrix = _get_inverse_affine_matrix(zero, 0.0, shift, 1.0, zero)
+    else:  # Rotate; RandAugment's angles lie in [-30, 30], so no quarter-turn shortcut applies
+        angle = magnitude % 360
+        if angle == 0:
+            return None
+        matrix = _get_inverse_affine_matrix(zero, -angle, zero, 1.0, zero)
+    theta = torch.tensor(matrix, dtype=torch.float32).reshape(1, 2, 3)
+    return grid_of(theta, w=width, h=height, ow=width, oh=height)
+
+
+def _bilinear(images: torch.Tensor, op: str, magnitude: float, fill: int) -> torch.Tensor:
+    """A geometric op with bilinear interpolation: torchvision's grid transform with a scalar fill.
+
+    Same steps as torchvision's ``_apply_grid_transform`` (a ones channel marks where the
+    grid sampled inside the image; outside, pixels blend towards ``fill``), so bit-exact with
+    its kernel on the CPU; the grid comes from :func:`_affine_grid` (uploaded once per device).
+    """
+    b, c, h, w = images.shape
+    if _affine_grid(op, magnitude, h, w) is None or images.numel() == 0:
+        return images.clone()
+    grid = cached_upload(("grid", op, magnitude, h, w), images.device, lambda: _affine_grid(op, magnitude, h, w))
+    x = torch.cat((images.to(torch.float32), images.new_ones((b, 1, h, w), dtype=torch.float32)), dim=1)
+    x = torch.nn.functional.grid_sample(x, grid.expand(b, -1, -1, -1), mode="bilinear", padding_mode="zeros",
+                                        align_corners=False)
+    x, mask = torch.tensor_split(x, indices=(-1,), dim=-3)
+    fill_ = float(fill)
+    return x.sub_(fill_).mul_(mask.expand_as(x)).add_(fill_).round_().to(images.dtype)
 
 
 _POINTWISE = frozenset({"Brightness", "Solarize", "Posterize"})
@@ -164,16 +232,19 @@ def apply_ra_op(images: torch.Tensor, op: str, magnitude: float, interpolation: 
     """Apply one RandAugment op to a uint8 batch, exactly as torchvision's ``RandAugment`` does.
 
     Geometric ops with nearest interpolation (RandAugment's default) run as a cached
-    pixel gather that reproduces torchvision's kernel bit for bit (see :func:`_nearest_map`).
+    pixel gather that reproduces torchvision's kernel bit for bit (see :func:`_nearest_map`);
+    with bilinear interpolation they sample torchvision's own grid, built once on the host
+    (see :func:`_bilinear`).
     On the CPU, per-pixel ops run as a table made by torchvision's kernel (:func:`_lut`),
     Equalize as per-channel integer tables with torchvision's arithmetic (:func:`_equalize`),
     and Sharpness avoids the float convolution
     (see :func:`_sharpness`); all bit-exact (``tests/test_augment_ops.py`` checks each
     against torchvision's kernel).
     """
-    if op in _GEOMETRIC and interpolation == "nearest":
-        h, w = images.shape[-2:]
-        return _move(images, _nearest_map(op, float(magnitude), h, w, str(images.device)), fill)
+    if op in _GEOMETRIC:
+        if interpolation == "nearest":
+            return _move(images, op, float(magnitude), fill)
+        return _bilinear(images, op, float(magnitude), fill)
     if images.device.type == "cpu" and images.dtype == torch.uint8 and images.numel():
         if op in _POINTWISE:
             return _apply_lut16(images, _lut(op, float(magnitude)))
@@ -245,14 +316,18 @@ def _sharpness(images: torch.Tensor, factor: float) -> torch.Tensor:
     return output.clamp_(0, 255).to(torch.uint8)
 
 
-def apply_randaugment(images: torch.Tensor, op_ids: torch.Tensor, negative: torch.Tensor, *, magnitude: int,
-                      num_bins: int, interpolation: str, fill: int) -> torch.Tensor:
+def apply_randaugment(images: torch.Tensor, op_ids, negative, *, magnitude: int, num_bins: int,
+                      interpolation: str, fill: int) -> torch.Tensor:
     """Apply per-record RandAugment op sequences to a batch.
+
+    Records are grouped by (op, sign) at each position: the batch is gathered in group
+    order (one index upload per batch for all positions), each group's op runs on its
+    contiguous slice, and the inverse order puts the records back.
 
     Args:
         images: uint8 ``[B, 3, H, W]``.
-        op_ids: int ``[B, num_ops]``, indices into :data:`RA_OPS`, applied left to right.
-        negative: bool ``[B, num_ops]``, whether each signed op's magnitude is negated.
+        op_ids: int ``[B, num_ops]`` on the host, indices into :data:`RA_OPS`, applied left to right.
+        negative: bool ``[B, num_ops]`` on the host, whether each signed op's magnitude is negated.
         magnitude: the magnitude bin.
         num_bins: the number of magnitude bins.
         interpolation: "nearest" or "bilinear" (geometric ops).
@@ -262,29 +337,53 @@ def apply_randaugment(images: torch.Tensor, op_ids: torch.Tensor, negative: torc
         uint8 ``[B, 3, H, W]``.
     """
     h, w = images.shape[-2:]
-    op_ids = _as_np(op_ids).astype(np.int64)
-    negative = _as_np(negative).astype(bool)
+    codes = _as_np(op_ids).astype(np.int64) * 2 + _as_np(negative).astype(np.int64)
+    plans, orders = _group_plans(codes)
+    index = upload(np.stack(orders), images.device) if orders else None
+
+    def run(x, code):
+        op = RA_OPS[code // 2]
+        if op == "Identity":
+            return x
+        return apply_ra_op(x, op, ra_magnitude(op, magnitude, num_bins, h, w, bool(code % 2)), interpolation, fill)
+
     out = images
-    for k in range(op_ids.shape[1]):
-        code = op_ids[:, k] * 2 + negative[:, k]
-        codes = [int(code[0])] if code.shape[0] == 1 else np.unique(code).tolist()
-        if codes == [0] or codes == [1]:
-            continue  # Identity everywhere
-        if len(codes) == 1:
-            op = RA_OPS[codes[0] // 2]
-            out = apply_ra_op(out, op, ra_magnitude(op, magnitude, num_bins, h, w, bool(codes[0] % 2)),
-                              interpolation, fill)
+    for plan in plans:
+        if isinstance(plan, int):  # one (op, sign) for the whole batch
+            out = run(out, plan)
             continue
-        new = out.clone()
-        for c in codes:
-            op = RA_OPS[c // 2]
-            if op == "Identity":
-                continue
-            idx = torch.from_numpy(np.nonzero(code == c)[0]).to(out.device)
-            mag = ra_magnitude(op, magnitude, num_bins, h, w, bool(c % 2))
-            new[idx] = apply_ra_op(out.index_select(0, idx), op, mag, interpolation, fill)
-        out = new
+        k, bounds = plan
+        grouped = out.index_select(0, index[k, 0])
+        parts = [run(grouped[a:b], code) for code, a, b in bounds]
+        out = torch.cat(parts).index_select(0, index[k, 1]) if len(parts) > 1 else parts[0]
     return out
+
+
+def _group_plans(codes: np.ndarray) -> tuple[list, list[np.ndarray]]:
+    """Per op position: a code shared by all records, or (row in the index upload, [(code, start, end)]).
+
+    The index upload holds, per grouped position, the stable order that makes each code's
+    records contiguous and its inverse.
+    """
+    if codes.shape[0] == 1:
+        return codes[0].tolist(), []
+    plans: list = []
+    orders: list[np.ndarray] = []
+    for col in codes.T:
+        first = int(col[0])
+        if (col == first).all():
+            plans.append(first)
+            continue
+        order = np.argsort(col, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.shape[0])
+        sorted_codes = col[order]
+        cuts = np.flatnonzero(np.diff(sorted_codes)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [col.shape[0]]])
+        plans.append((len(orders), [(int(sorted_codes[a]), int(a), int(b)) for a, b in zip(starts, ends)]))
+        orders.append(np.stack([order, inverse]))
+    return plans, orders
 
 
 def _as_np(v) -> np.ndarray:
@@ -293,17 +392,16 @@ def _as_np(v) -> np.ndarray:
 
 def _box_mask(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """bool ``[B, 1, H, W]``: True inside each record's ``(top, left, height, width)`` box."""
-    boxes = boxes.long()
     ys = torch.arange(h, device=boxes.device).view(1, h, 1)
     xs = torch.arange(w, device=boxes.device).view(1, 1, w)
     t, l, bh, bw = (boxes[:, i].view(-1, 1, 1) for i in range(4))
     return ((ys >= t) & (ys < t + bh) & (xs >= l) & (xs < l + bw)).unsqueeze(1)
 
 
-def erase(images: torch.Tensor, boxes: torch.Tensor, value: int) -> torch.Tensor:
+def erase(images: torch.Tensor, boxes, value: int) -> torch.Tensor:
     """Set each record's box ``(top, left, height, width)`` to ``value`` (height 0: unchanged).
 
-    ``boxes`` should live on the CPU (it is inspected to skip batches without erasing).
+    ``boxes``: int ``[B, 4]`` on the host (numpy or a CPU tensor).
     """
     nb = _as_np(boxes).astype(np.int64).reshape(-1, 4)
     if images.shape[0] == 1:
@@ -315,28 +413,31 @@ def erase(images: torch.Tensor, boxes: torch.Tensor, value: int) -> torch.Tensor
         return out
     if not (nb[:, 2] > 0).any():
         return images
-    mask = _box_mask(torch.from_numpy(nb).to(images.device), images.shape[-2], images.shape[-1])
-    return torch.where(mask, torch.tensor(value, dtype=images.dtype, device=images.device), images)
+    mask = _box_mask(upload(nb, images.device), images.shape[-2], images.shape[-1])
+    return images.masked_fill(mask, value)
 
 
-def mix(images: torch.Tensor, partners: torch.Tensor, kind: torch.Tensor, lam: torch.Tensor,
-        boxes: torch.Tensor) -> torch.Tensor:
+def mix(images: torch.Tensor, partners: torch.Tensor, kind, lam, boxes) -> torch.Tensor:
     """MixUp / CutMix each record with its partner image.
 
     Args:
         images: uint8 ``[B, 3, H, W]``, the records' own (finished) images.
         partners: uint8 ``[B, 3, H, W]``, the partners' (finished) images.
-        kind: int ``[B]``: 0 none, 1 MixUp, 2 CutMix.
-        lam: float32 ``[B]``: MixUp weight of the record's own image.
-        boxes: int ``[B, 4]``: CutMix box (top, left, height, width) that takes the partner's pixels.
+        kind: int ``[B]`` on the host: 0 none, 1 MixUp, 2 CutMix.
+        lam: float32 ``[B]`` on the host: MixUp weight of the record's own image.
+        boxes: int ``[B, 4]`` on the host: CutMix box (top, left, height, width) taking the partner's pixels.
 
     Returns:
         uint8 ``[B, 3, H, W]``; MixUp rounds ``lam * a + (1 - lam) * b`` to nearest.
     """
-    dev = images.device
-    kind = kind.to(dev).long()
-    lam = lam.to(dev, torch.float32).view(-1, 1, 1, 1)
-    blended = (images.float() * lam + partners.float() * (1.0 - lam)).round_().clamp_(0, 255).to(torch.uint8)
-    out = torch.where((kind == 1).view(-1, 1, 1, 1), blended, images)
-    mask = _box_mask(boxes.to(dev), images.shape[-2], images.shape[-1]) & (kind == 2).view(-1, 1, 1, 1)
-    return torch.where(mask, partners, out)
+    kind = _as_np(kind).astype(np.int64).reshape(-1)
+    out = images
+    if (kind == 1).any():  # other rows blend with weight 1, which leaves them exactly as they are
+        weight = np.where(kind == 1, _as_np(lam).astype(np.float32).reshape(-1), np.float32(1.0))
+        lam_t = upload(weight.astype(np.float32), images.device).view(-1, 1, 1, 1)
+        out = (images.float() * lam_t + partners.float() * (1.0 - lam_t)).round_().clamp_(0, 255).to(torch.uint8)
+    if (kind == 2).any():
+        cut = np.where((kind == 2)[:, None], _as_np(boxes).astype(np.int64).reshape(-1, 4), 0)
+        mask = _box_mask(upload(cut, images.device), images.shape[-2], images.shape[-1])
+        out = torch.where(mask, partners, out)
+    return out
