@@ -224,8 +224,9 @@ class ReinforcedDataset(Dataset):
         idx = [self._index(i) for i in indices]
         if self.device.type != "cpu":
             return self.source.device_items(idx)
-        x, targets = self.source.items(idx)
-        x = self.policy.normalize(x) if self.transform is None else [self.transform(v) for v in x]
+        x, targets = self.source.items(idx, normalized=self.transform is None)
+        if self.transform is not None:
+            x = [self.transform(v) for v in x]
         if self.target_transform is not None:
             return [(x[b], self.target_transform(targets[b])) for b in range(len(idx))]
         return [(x[b], targets[b]) for b in range(len(idx))]

@@ -138,7 +138,7 @@ def _mixes(policy, params: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def render(policy, images: Sequence, params: Mapping[str, np.ndarray], partners: Sequence | None = None,
-           partner_params: Mapping[str, np.ndarray] | None = None) -> torch.Tensor:
+           partner_params: Mapping[str, np.ndarray] | None = None, *, normalized: bool = True) -> torch.Tensor:
     """Replay a batch of records on the CPU: crop each image, then finish the batch.
 
     Bit-exact with :meth:`Policy.apply` per record (``finish`` on a batch equals ``finish`` per record).
@@ -149,20 +149,23 @@ def render(policy, images: Sequence, params: Mapping[str, np.ndarray], partners:
         params: ``{field: [B, ...]}``.
         partners: for mixing policies, ``B`` partner images (``None`` where a record does not mix).
         partner_params: the partners' own params ``{field: [B, ...]}`` (rows of non-mixing records ignored).
+        normalized: return the normalised float32 training images (:meth:`Policy.finish_normalized`);
+            ``False``: the uint8 pixels (:meth:`Policy.finish`).
 
     Returns:
-        uint8 ``[B, 3, S, S]``.
+        float32 (or uint8) ``[B, 3, S, S]``.
     """
     policy.check_params(params, what="replay params")
     crops = torch.stack([policy.crop(img, _row(params, b)) for b, img in enumerate(images)])
+    finish = policy.finish_normalized if normalized else policy.finish
     mixes = _mixes(policy, params)
     if not mixes.any():
-        return policy.finish(crops, params)
+        return finish(crops, params)
     policy.check_params(partner_params, what="replay partner params")
     s = policy.output_size
     pcrops = torch.stack([policy.crop(partners[b], _row(partner_params, b)) if m else
                           torch.zeros((3, s, s), dtype=torch.uint8) for b, m in enumerate(mixes)])
-    return policy.finish(crops, params, pcrops, partner_params)
+    return finish(crops, params, pcrops, partner_params)
 
 
 def make_targets(ids, probs, original, labels, num_classes: int, densify: str = "smooth"):
@@ -277,10 +280,10 @@ class ReplaySource:
         pimages, pparams = self.partners(plan, params)
         return plan, samples, params, ids, probs, pimages, pparams
 
-    def items(self, indices, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replayed uint8 images ``[B, 3, S, S]`` and dense targets ``[B, C]`` of dataset items ``indices``."""
+    def items(self, indices, epoch: int | None = None, *, normalized: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replayed images ``[B, 3, S, S]`` (normalised float32, or uint8) and dense targets ``[B, C]``."""
         plan, samples, params, ids, probs, pimages, pparams = self.fetch(indices, epoch)
-        x = render(self.policy, [s.image for s in samples], params, pimages, pparams)
+        x = render(self.policy, [s.image for s in samples], params, pimages, pparams, normalized=normalized)
         targets = make_targets(ids, probs, plan.original, [s.label for s in samples], self.num_classes, self.densify)
         return x, targets
 
@@ -312,7 +315,7 @@ class ReplaySource:
         sample = self.load(int(plan.index[0]), i)
         params, ids, probs = self.records(plan, [sample.image])
         pimages, pparams = self.partners(plan, params)
-        return render(self.policy, [sample.image], params, pimages, pparams)[0], ids[0], probs[0]
+        return render(self.policy, [sample.image], params, pimages, pparams, normalized=False)[0], ids[0], probs[0]
 
 
 class DeviceReplay:
@@ -391,7 +394,7 @@ class DeviceReplay:
                 raise PolicyError(f"DeviceReplay: params hold {len(params['mix_partner'])} records but the batch has "
                                   f"{B} images")
         self.policy.check_params(params, what="DeviceReplay params")
-        x = self.policy.normalize(self.policy.finish(images, params, partners, partner_params))
+        x = self.policy.finish_normalized(images, params, partners, partner_params)
         if is_orig.any() and "label" not in batch:
             raise PolicyError("DeviceReplay: batch has is_original records but no 'label'")
         ids = torch.as_tensor(batch["topk_ids"]).to(self.device, non_blocking=self.non_blocking)

@@ -293,6 +293,15 @@ class Policy:
             x = torch.cat([x, self.crop(partner_image, partner_params)[None]])
         return self._finish(x, batch)[0]
 
+    def finish_normalized(self, images: torch.Tensor, params: Mapping[str, Any], partners: torch.Tensor | None = None,
+                          partner_params: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """:meth:`finish` then :meth:`normalize`: the float32 training images of a batch (every replay path calls this).
+
+        A policy whose last stage works on normalised floats (e.g. a MixUp blended without rounding)
+        overrides the split; for the others it is exactly ``normalize(finish(...))``.
+        """
+        return self.normalize(self.finish(images, params, partners, partner_params))
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 ``[..., 3, H, W]`` -> float32, ``(x / 255 - mean) / std``."""
         scale = cached_upload(("normalize-scale", self.mean, self.std), x.device, lambda: self._scale)

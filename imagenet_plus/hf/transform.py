@@ -168,7 +168,7 @@ class ReplayTransform:
                 params[k][o] = v.astype(params[k].dtype)
         pimages, pparams = self._partners(params, original, aug) if self.policy.uses_mix else (None, None)
         x = render(self.policy, images, params, pimages, pparams)
-        return self.policy.normalize(x), make_targets(ids, probs, original, labels, self.manifest.num_classes,
+        return x, make_targets(ids, probs, original, labels, self.manifest.num_classes,
                                                       self.densify)
 
     def item(self, row: Mapping[str, Any], epoch: int | None = None) -> dict[str, torch.Tensor]:
