@@ -37,7 +37,6 @@ finished sample block; it is removed once the manifest is written.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -57,7 +56,7 @@ from . import __version__
 from .errors import ReinforcementError, StoreError
 from .identity import load_sample, sample_keys
 from .imageio import to_rgb_array
-from .schema import content_hash, encode_topk_ids, encode_topk_probs, target_fields
+from .schema import content_hash, encode_topk_ids, encode_topk_probs, fingerprint, target_fields
 
 __all__ = ["BuildStats", "build_reinforcements", "resolve_dist_env", "init_distributed"]
 
@@ -174,7 +173,9 @@ class _SampleJobs(Dataset):
         i, aug_ranges = self.tasks[k]
         image, label = load_sample(self.base, i)
         h, w = image.height, image.width
-        item = {"index": i, "label": int(label), "hash": content_hash(to_rgb_array(image)), "blocks": []}
+        rgb = to_rgb_array(image)
+        item = {"index": i, "label": int(label), "hash": content_hash(rgb), "size": rgb.shape[:2],
+                "print": fingerprint(rgb), "blocks": []}
         mix = bool(self.policy.uses_mix)
         shared = torch.utils.data.get_worker_info() is not None  # born in shared memory: no copy on the way
         for a0, a1 in aug_ranges:
@@ -519,29 +520,31 @@ def _identity_path(out: Path, s0: int, s1: int) -> Path:
     return out / _BUILD_DIR / f"identity-s{s0:08d}-s{s1:08d}.safetensors"
 
 
-def _write_identity(out: Path, s0: int, s1: int, labels: np.ndarray, hashes: np.ndarray) -> None:
+def _write_identity(out: Path, s0: int, s1: int, labels: np.ndarray, hashes: np.ndarray, sizes: np.ndarray,
+                    prints: np.ndarray) -> None:
     path = _identity_path(out, s0, s1)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _st_save_file({"label": labels.astype("<i8"), "content_hash": hashes.astype(np.uint8)}, str(tmp))
+        _st_save_file({"label": labels.astype("<i8"), "content_hash": hashes.astype(np.uint8),
+                       "image_size": sizes.astype("<u4"), "fingerprint": prints.astype(np.uint8)}, str(tmp))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _read_identity(out: Path, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_identity(out: Path, s0: int, s1: int) -> tuple[np.ndarray, ...] | None:
     path = _identity_path(out, s0, s1)
     if not path.is_file():
         return None
     try:
         d = _st_load_file(str(path))
-        labels, hashes = d["label"], d["content_hash"]
+        got = d["label"], d["content_hash"], d["image_size"], d["fingerprint"]
     except Exception:  # a damaged part is recomputed
         return None
-    if labels.shape != (s1 - s0,) or hashes.shape != (s1 - s0, 8):
+    if [a.shape for a in got] != [(s1 - s0,), (s1 - s0, 8), (s1 - s0, 2), (s1 - s0, 64)]:
         return None
-    return labels, hashes
+    return got
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -596,7 +599,7 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
         ...                          dataset_name="digits", teacher_desc={"models": ["resnet18"]},
         ...                          samples_per_shard=256, augs_per_shard=4, batch_size=64)
     """
-    from .store import (FORMAT_VERSION, MANIFEST_NAME, SHARD_DIR, Manifest, compute_build_id, plan_shards,
+    from .store import (MANIFEST_NAME, SHARD_DIR, Manifest, compute_build_id, digest_keys, plan_shards,
                         read_shard_entry, resolve_shard_shape, write_manifest, write_samples, write_shard)
 
     t_start = time.perf_counter()
@@ -631,7 +634,11 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
                          fields=[f.to_json() for f in fields], teacher=teacher_desc, seed=int(seed),
                          samples_per_shard=sps, augs_per_shard=aps, extra=extra or {})
     # Every file of this build carries its id, so a shard from another build is never kept or read.
-    build_id = compute_build_id(**settings, format_version=FORMAT_VERSION, keys=_keys_digest(base))
+    manifest = Manifest(dataset=dataset_name, split=split, num_samples=n, num_augmentations=num_augmentations,
+                        topk=topk, num_classes=num_classes, policy=policy.config, fields=fields,
+                        teacher=dict(teacher_desc), seed=int(seed), builder_version=__version__,
+                        samples_per_shard=sps, augs_per_shard=aps, extra=dict(extra or {}))
+    build_id = compute_build_id(manifest, digest_keys(sample_keys(base)))
     out.mkdir(parents=True, exist_ok=True)
     (out / SHARD_DIR).mkdir(exist_ok=True)
     _check_or_record_settings(out, settings)
@@ -676,7 +683,7 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
                 runner.submit(work, min(batch_size, len(work.pending)))
         runner.drain()
         s0, s1 = block["range"]
-        _write_identity(out, s0, s1, block["labels"], block["hashes"])
+        _write_identity(out, s0, s1, block["labels"], block["hashes"], block["sizes"], block["prints"])
         for r, work in zip(block["shards"], block["works"]):
             entries[r] = _write_shard_checked(write_shard, out, r, work.arrays(ids_bytes), fields, build_id)
             stats.shards_built += 1
@@ -686,7 +693,8 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
         (s0, s1), shard_list = block_list[k]
         return {"k": k, "range": (s0, s1), "shards": shard_list,
                 "works": [_ShardWork(*r, policy.fields, topk, num_classes) for r in shard_list],
-                "labels": np.zeros(s1 - s0, dtype=np.int64), "hashes": np.zeros((s1 - s0, 8), dtype=np.uint8)}
+                "labels": np.zeros(s1 - s0, dtype=np.int64), "hashes": np.zeros((s1 - s0, 8), dtype=np.uint8),
+                "sizes": np.zeros((s1 - s0, 2), dtype=np.uint32), "prints": np.zeros((s1 - s0, 64), dtype=np.uint8)}
 
     block = None
     wait = {"loader_wait_s": 0.0, "block_finish_s": 0.0}
@@ -704,6 +712,8 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
             s0 = block["range"][0]
             block["labels"][i - s0] = item["label"]
             block["hashes"][i - s0] = item["hash"]
+            block["sizes"][i - s0] = item["size"]
+            block["prints"][i - s0] = item["print"]
             for work, blk in zip(block["works"], item["blocks"]):
                 work.add(i, blk)
                 while len(work.pending) >= batch_size:
@@ -740,13 +750,9 @@ def build_reinforcements(base, out, *, policy, teacher: Callable[[torch.Tensor],
         e = entries.get(r)
         shard_entries.append(e if e is not None else read_shard_entry(out, _shard_name(r), fields,
                                                                        build_id=build_id))
-    labels, hashes = _collect_identity(base, out, plan)
-    samples_entry = write_samples(out, labels, sample_keys(base), hashes, build_id=build_id)
-    manifest = Manifest(dataset=dataset_name, split=split, num_samples=n, num_augmentations=num_augmentations,
-                        topk=topk, num_classes=num_classes, policy=policy.config, fields=fields,
-                        teacher=dict(teacher_desc), seed=int(seed), builder_version=__version__,
-                        samples_per_shard=sps, augs_per_shard=aps, samples_file=samples_entry,
-                        shards=shard_entries, extra=dict(extra or {}), build_id=build_id)
+    labels, hashes, sizes, prints = _collect_identity(base, out, plan)
+    samples_entry = write_samples(out, labels, sample_keys(base), hashes, sizes, prints, build_id=build_id)
+    manifest.samples_file, manifest.shards, manifest.build_id = samples_entry, shard_entries, build_id
     write_manifest(out, manifest)
     shutil.rmtree(out / _BUILD_DIR, ignore_errors=True)
     _remove_temp_files(out / SHARD_DIR, None)
@@ -766,11 +772,8 @@ def _shard_name(r: tuple) -> str:
 
 
 def _write_shard_checked(write_shard, out: Path, r: tuple, arrays: dict, fields, build_id: str):
-    from .store import read_shard_entry
-
     try:
-        write_shard(out, *r, arrays, fields, build_id=build_id)
-        return read_shard_entry(out, _shard_name(r), fields, build_id=build_id)
+        return write_shard(out, *r, arrays, fields, build_id=build_id)
     except OSError as e:
         name = _shard_name(r)
         _remove_temp_files((out / name).parent, [Path(name).name])
@@ -780,27 +783,22 @@ def _write_shard_checked(write_shard, out: Path, r: tuple, arrays: dict, fields,
                                f"to resume") from e
 
 
-def _keys_digest(base) -> str:
-    """sha256 of the base dataset's sample keys in order (part of the build id)."""
-    h = hashlib.sha256()
-    for k in sample_keys(base):
-        h.update(k.encode("utf-8") + b"\0")
-    return h.hexdigest()
-
-
-def _collect_identity(base, out: Path, plan) -> tuple[np.ndarray, np.ndarray]:
+def _collect_identity(base, out: Path, plan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = len(base)
     labels = np.zeros(n, dtype=np.int64)
     hashes = np.zeros((n, 8), dtype=np.uint8)
+    sizes = np.zeros((n, 2), dtype=np.uint32)
+    prints = np.zeros((n, 64), dtype=np.uint8)
     for s0, s1 in sorted({(r[0], r[1]) for r in plan}):
         got = _read_identity(out, s0, s1)
         if got is None:  # shards kept from an interrupted build of a rank that never wrote its part
             for i in range(s0, s1):
                 img, lab = load_sample(base, i)
-                labels[i], hashes[i] = lab, content_hash(to_rgb_array(img))
+                rgb = to_rgb_array(img)
+                labels[i], hashes[i], sizes[i], prints[i] = lab, content_hash(rgb), rgb.shape[:2], fingerprint(rgb)
         else:
-            labels[s0:s1], hashes[s0:s1] = got
-    return labels, hashes
+            labels[s0:s1], hashes[s0:s1], sizes[s0:s1], prints[s0:s1] = got
+    return labels, hashes, sizes, prints
 
 
 def _progress_bar(total: int, rank: int, enabled: bool):

@@ -15,10 +15,11 @@ A reinforcement store holds, for every sample ``i`` and augmentation ``j``:
   stay within ~1e-4 nats KL of the float32 originals, flat or peaked (see
   ``benchmarks/store_size.py``).
 
-and for every sample its identity (``samples.safetensors``): ``label``
-(int32), ``content_hash`` (8 bytes of BLAKE2b over the decoded RGB pixels and
-their size) and ``key`` (relative path or key, UTF-8, stored as concatenated
-bytes plus int64 offsets).
+and for every sample its identity (``samples.safetensors``, :data:`SAMPLE_FIELDS`):
+``label`` (int32), ``content_hash`` (an 8-byte digest the caller computes),
+``image_size`` (``H, W`` of the decoded image), ``fingerprint`` (an 8x8 luma
+thumbnail, :func:`fingerprint`, for resized copies) and ``key`` (relative path or
+key, UTF-8, stored as concatenated bytes plus int64 offsets).
 
 The writer, the reader, ``verify`` and the Parquet export all read these
 declarations. All multi-byte dtypes are little-endian (``<``) so shards are
@@ -44,7 +45,9 @@ __all__ = [
     "encode_topk_probs",
     "decode_topk_probs",
     "decode_tail",
+    "SAMPLE_FIELDS",
     "content_hash",
+    "fingerprint",
 ]
 
 #: Log-code resolution: code ``c`` means probability ``exp(-c / PROB_CODE_SCALE)``.
@@ -190,3 +193,46 @@ def content_hash(pixels: np.ndarray) -> np.ndarray:
     h.update(np.asarray(pixels.shape, dtype="<i8").tobytes())
     h.update(pixels.tobytes())
     return np.frombuffer(h.digest(), dtype=np.uint8).copy()
+
+
+#: The per-sample identity columns of ``samples.safetensors`` (shape per sample); the keys are
+#: stored beside them as ``key_bytes`` / ``key_offsets``.
+SAMPLE_FIELDS = (
+    Field("label", "<i4", (), 0, None, "the base dataset's label (checked against num_classes by verify)"),
+    Field("content_hash", "|u1", (8,), 0, 255, "8-byte digest of the sample's file bytes or raw array"),
+    Field("image_size", "<u4", (2,), 1, 2**31 - 1, "H, W of the decoded image"),
+    Field("fingerprint", "|u1", (64,), 0, 255, "8x8 luma thumbnail, area-averaged (schema.fingerprint)"),
+)
+
+# ITU-R BT.601 luma weights, as PIL's convert("L").
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _area_weights(n: int, out: int) -> np.ndarray:
+    """``[out, n]`` weights averaging ``n`` unit cells into ``out`` equal bins (fractional overlaps)."""
+    edges = np.arange(out + 1) * (n / out)
+    lo = np.maximum(edges[:-1, None], np.arange(n)[None, :])
+    hi = np.minimum(edges[1:, None], np.arange(n)[None, :] + 1)
+    return np.clip(hi - lo, 0.0, None) / (n / out)
+
+
+def fingerprint(pixels: np.ndarray) -> np.ndarray:
+    """The 8x8 luma thumbnail of an RGB ``uint8[H, W, 3]`` image, area-averaged: ``uint8[64]``.
+
+    Luma is ITU-R BT.601 (``0.299 R + 0.587 G + 0.114 B``); each of the 64 cells is the
+    exact area average of the luma over its ``H/8 x W/8`` box (pixels cut by a box edge
+    count by their covered fraction), rounded to the nearest integer. A resized copy of
+    an image has nearly the same fingerprint (within a few levels), which identifies
+    samples whose bytes differ.
+
+    Example:
+        >>> fingerprint(np.full((30, 40, 3), 200, np.uint8))[:4]
+        array([200, 200, 200, 200], dtype=uint8)
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
+        raise ValueError(f"fingerprint: expected an RGB uint8 [H, W, 3] image, got {pixels.dtype} "
+                         f"{list(pixels.shape)}; decode it with imagenet_plus.imageio first")
+    luma = pixels.astype(np.float64) @ _LUMA
+    thumb = _area_weights(pixels.shape[0], 8) @ luma @ _area_weights(pixels.shape[1], 8).T
+    return np.clip(np.rint(thumb), 0, 255).astype(np.uint8).reshape(64)

@@ -1,12 +1,13 @@
-"""Tests of imagenet_plus.schema: field declarations, bit-packed ids, log-coded probabilities, content hashes."""
+"""Tests of imagenet_plus.schema: field declarations, bit-packed ids, log-coded probabilities, identity columns."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from imagenet_plus.schema import (PROB_CODE_ZERO, Field, content_hash, decode_tail, decode_topk_ids,
-                                  decode_topk_probs, encode_topk_ids, encode_topk_probs, id_bits, target_fields)
+from imagenet_plus.schema import (PROB_CODE_ZERO, SAMPLE_FIELDS, Field, content_hash, decode_tail, decode_topk_ids,
+                                  decode_topk_probs, encode_topk_ids, encode_topk_probs, fingerprint, id_bits,
+                                  target_fields)
 
 
 def test_field_json_round_trip_and_nbytes():
@@ -91,3 +92,60 @@ def test_content_hash():
     other[4, 5, 2] ^= 1
     assert not np.array_equal(h, content_hash(other))
     assert not np.array_equal(content_hash(img.reshape(6, 5, 3)), h)  # same bytes, other size
+
+
+def test_sample_fields_declare_the_identity_columns():
+    assert [(f.name, f.dtype, f.shape) for f in SAMPLE_FIELDS] == [
+        ("label", "<i4", ()), ("content_hash", "|u1", (8,)), ("image_size", "<u4", (2,)),
+        ("fingerprint", "|u1", (64,))]
+
+
+def test_fingerprint_is_the_area_averaged_luma_thumbnail():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)  # 3 x 5 pixel boxes: a plain mean per cell
+    luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    want = np.rint(luma.reshape(8, 3, 8, 5).mean(axis=(1, 3))).astype(np.uint8).reshape(64)
+    got = fingerprint(img)
+    assert got.dtype == np.uint8 and got.shape == (64,)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(fingerprint(np.full((3, 5, 3), 77, np.uint8)), np.full(64, 77))  # smaller than 8
+
+
+@pytest.mark.parametrize("shape", [(427, 640), (37, 53), (9, 300), (5, 7), (1, 1)])
+def test_fingerprint_is_exact_for_any_size(shape):
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().images[0]  # a real JPEG photo, 427 x 640
+    img = np.asarray(Image.fromarray(photo).resize(shape[::-1], Image.Resampling.BICUBIC))
+    h, w = shape
+    luma = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    # every pixel repeated 8 x 8 times: each cell is then exactly h x w pixels of the enlarged image
+    big = np.repeat(np.repeat(luma, 8, axis=0), 8, axis=1)
+    want = np.rint(big.reshape(8, h, 8, w).mean(axis=(1, 3))).astype(np.uint8).reshape(64)
+    np.testing.assert_array_equal(fingerprint(img), want)
+
+
+def test_fingerprint_matches_pil_on_whole_boxes():
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    img = load_sample_images().images[1][:424]  # 424 x 640: 53 x 80 pixel boxes, where PIL's BOX is exact
+    ref = np.asarray(Image.fromarray(img).convert("L").resize((8, 8), Image.Resampling.BOX), dtype=np.int16)
+    # PIL rounds the luma to 8 bits before averaging: at most one level apart
+    assert np.abs(fingerprint(img).reshape(8, 8).astype(np.int16) - ref).max() <= 1
+
+
+def test_fingerprint_identifies_resized_copies():
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    china, flower = load_sample_images().images
+    small = np.asarray(Image.fromarray(china).resize((320, 214), Image.Resampling.LANCZOS))
+    a, b = fingerprint(china).astype(int), fingerprint(small).astype(int)
+    assert np.abs(a - b).mean() < 2 and np.abs(a - b).max() <= 8
+    assert np.abs(a - fingerprint(flower).astype(int)).mean() > 20
+    with pytest.raises(ValueError, match="RGB uint8"):
+        fingerprint(china[..., 0])
+    with pytest.raises(ValueError, match="RGB uint8"):
+        fingerprint(china.astype(np.float32))

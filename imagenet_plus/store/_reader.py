@@ -1,22 +1,25 @@
-"""Reading a store: memory-mapped shards opened lazily, O(1) per record, fork-safe."""
+"""Reading a store: memory-mapped shards opened lazily, rows checked on first read, batched gathers, fork-safe."""
 
 from __future__ import annotations
 
 import math
-from operator import index as _index
 import mmap
 import os
 import threading
+import zlib
 from collections import deque
+from operator import index as _index
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import AlignmentError, IntegrityError, StoreError
-from ..schema import Field, PROB_CODE_SCALE, PROB_CODE_ZERO, decode_topk_ids, decode_topk_probs, id_bits
-from ._format import (MANIFEST_NAME, Manifest, ShardEntry, check_build_id, check_shard_metadata, check_tensors,
-                      read_header, samples_expected, shard_expected)
+from ..schema import PROB_CODE_SCALE, PROB_CODE_ZERO, Field, decode_topk_ids, decode_topk_probs, id_bits
+from ._format import (MANIFEST_NAME, REPAIR, ROW_CRC_NAME, check_build_id, check_shard_metadata, check_tensors,
+                      read_header, row_mismatch_message, shard_layout)
+from ._manifest import BUILD_ID_FIELDS, Manifest, ShardEntry, compute_build_id
+from ._samples import SamplesFile
 
 __all__ = ["Record", "ReinforcementStore", "open_store"]
 
@@ -24,9 +27,7 @@ __all__ = ["Record", "ReinforcementStore", "open_store"]
 _CODE_VALUES = np.exp(-np.arange(256, dtype=np.float64) / PROB_CODE_SCALE)
 _CODE_VALUES[PROB_CODE_ZERO] = 0.0
 
-
-_FOREIGN_FIX = ("this shard belongs to another build (the manifest's build_id differs): delete it and re-download it "
-                "or rebuild the store")
+_FOREIGN_FIX = f"this shard belongs to another build (the manifest's build_id differs): {REPAIR}"
 
 
 class Record(NamedTuple):
@@ -43,42 +44,62 @@ class _MissingKey(AlignmentError, KeyError):
 
 
 class _Shard:
-    """An opened shard: one read-only numpy view per field over a shared mmap."""
+    """An opened shard: read-only numpy views over a shared mmap and a bitmap of checked rows."""
 
-    __slots__ = ("s0", "a0", "cols", "params", "ids", "probs", "views", "flat")
+    __slots__ = ("path", "s0", "a0", "a1", "cols", "params", "ids", "probs", "flat", "rows", "crc", "checked",
+                 "checked_np")
 
-    def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...], build_id: str | None = None):
+    def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...], build_id: str | None):
         (s0, s1), (a0, a1) = entry.samples, entry.augs
         tensors, meta, size = read_header(path)
         if size != entry.bytes:
             raise IntegrityError(f"{path}: {size} bytes, the manifest says {entry.bytes}; the file is truncated or "
-                                 "from another build: delete it and re-download or rebuild it")
+                                 f"from another build: {REPAIR}")
         check_shard_metadata(path, meta, s0, s1, a0, a1)
         check_build_id(path, meta, build_id, _FOREIGN_FIX)
-        check_tensors(path, tensors, shard_expected(fields, s0, s1, a0, a1), size)
+        check_tensors(path, tensors, shard_layout(fields, s0, s1, a0, a1), size)
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         # No MADV_RANDOM: measured, the kernel's read-around fills the page cache far faster
         # (cold median 25-30 us vs ~400 us per record on a 10M-record store, benchmarks/store_access.py).
-        self.views = {}
+        n, self.cols = s1 - s0, a1 - a0
+        views = {}
         for fl in fields:
             t = tensors[fl.name]
-            shape = (s1 - s0, a1 - a0, *fl.shape)
-            self.views[fl.name] = np.frombuffer(mm, dtype=np.dtype(fl.dtype), count=math.prod(shape),
-                                                offset=t.start).reshape(shape)
-        self.s0, self.a0, self.cols = s0, a0, a1 - a0
-        self.flat = {fl.name: v.reshape((s1 - s0) * (a1 - a0), *fl.shape) for fl, v in zip(fields, self.views.values())}
-        self.params = tuple((fl.name, self.views[fl.name]) for fl in fields[:-2])
-        self.ids = self.views[fields[-2].name]
-        self.probs = self.views[fields[-1].name]
+            shape = (n, self.cols, *fl.shape)
+            views[fl.name] = np.frombuffer(mm, dtype=np.dtype(fl.dtype), count=math.prod(shape),
+                                           offset=t.start).reshape(shape)
+        self.path, self.s0, self.a0, self.a1 = path, s0, a0, a1
+        self.flat = {name: v.reshape(n * self.cols, *v.shape[2:]) for name, v in views.items()}
+        self.params = tuple((fl.name, views[fl.name]) for fl in fields[:-2])
+        self.ids, self.probs = views[fields[-2].name], views[fields[-1].name]
+        # Row r of field f is bytes [start_f + r * row_f, start_f + (r + 1) * row_f) of the file.
+        whole = memoryview(mm)
+        self.rows = tuple((whole[tensors[fl.name].start:tensors[fl.name].end], self.cols * fl.nbytes) for fl in fields)
+        self.crc = np.frombuffer(mm, dtype="<u4", count=n, offset=tensors[ROW_CRC_NAME].start)
+        self.checked = bytearray(n)
+        self.checked_np = np.frombuffer(self.checked, dtype=np.uint8)
+
+    def check_row(self, r: int) -> None:
+        """Check row ``r`` against its checksum (once); raises :class:`IntegrityError` naming shard and sample."""
+        crc = 0
+        for buf, nb in self.rows:
+            crc = zlib.crc32(buf[r * nb:(r + 1) * nb], crc)
+        want = int(self.crc[r])
+        if crc != want:
+            raise IntegrityError(row_mismatch_message(self.path, self.s0 + r, self.a0, self.a1, crc, want))
+        self.checked[r] = 1
 
 
 class ReinforcementStore:
     """A reinforcement store opened for reading.
 
-    Shards are memory-mapped on first use (never read into RAM), at most
-    ``max_open_shards`` at a time, and re-opened after a fork, so one store object
-    can be shared with DataLoader workers.
+    Opening checks the manifest (its settings against the build id the files carry,
+    recomputed with the samples file's keys), the samples file's sha256 and every
+    needed shard's size. Shards are memory-mapped on first use (never read into RAM),
+    at most ``max_open_shards`` at a time, and re-opened after a fork, so one store
+    object can be shared with DataLoader workers. Each sample row of a shard is checked
+    against its CRC32 the first time it is read, by single and batched reads alike.
 
     Args:
         path: the store folder (with ``manifest.json``).
@@ -86,12 +107,13 @@ class ReinforcementStore:
             (only their shards need to exist); default all stored.
         expected_num_samples: if given, the dataset size the store must match.
         expected_num_classes: if given, the class count the store must match.
-        check_files: check at open that every needed shard and the samples file
-            exist with their manifest sizes (a ``stat`` per file).
+        check_files: check at open that every needed shard exists with its manifest size
+            (a ``stat`` per file).
         max_open_shards: cap on simultaneously mapped shards.
 
     Raises:
         StoreError: missing or malformed manifest or files.
+        IntegrityError: a file is damaged, of another build, or the manifest was edited.
         FormatVersionError: written by an incompatible release.
         AlignmentError: ``expected_num_samples`` / ``expected_num_classes`` disagree.
 
@@ -106,8 +128,7 @@ class ReinforcementStore:
         self.root = Path(path)
         if self.root.suffix == ".json":
             self.root = self.root.parent
-        self.manifest = Manifest.load(self.root)
-        m = self.manifest
+        self.manifest = m = Manifest.load(self.root)
         stored = m.num_augmentations
         if num_augmentations is None:
             num_augmentations = stored
@@ -127,12 +148,11 @@ class ReinforcementStore:
             self._check_files()
         if expected_num_samples is not None or expected_num_classes is not None:
             self.check_compatible(expected_num_samples, expected_num_classes)
-        self._samples_info = self._check_samples()
-        self._reset()
-        self._labels: np.ndarray | None = None
-        self._hashes: np.ndarray | None = None
+        self._samples: SamplesFile | None = self._open_samples(check_sha256=True)
         self._keys: list[str] | None = None
         self._key_index: dict[str, int] | None = None
+        self.check_manifest()
+        self._reset()
 
     # -- opening ---------------------------------------------------------------------------------------
     def _check_files(self) -> None:
@@ -152,14 +172,35 @@ class ReinforcementStore:
                                  + "; ".join(problems[:5]) + more
                                  + "; re-download them (or open with a smaller num_augmentations) or rebuild the store")
 
-    def _check_samples(self):
-        p = self.root / self.manifest.samples_file.file  # type: ignore[union-attr]
-        tensors, meta, size = read_header(p)
-        if "build_id" in meta:  # samples files written without a build id are not compared
-            check_build_id(p, meta, self.manifest.build_id, _FOREIGN_FIX.replace("shard", "samples file"))
-        kb = tensors["key_bytes"].shape[0] if "key_bytes" in tensors and len(tensors["key_bytes"].shape) == 1 else -1
-        check_tensors(p, tensors, samples_expected(self._n, kb), size)
-        return p, tensors
+    def _open_samples(self, check_sha256: bool) -> SamplesFile:
+        e = self.manifest.samples_file
+        return SamplesFile(self.root / e.file, e, self._n, self.manifest.build_id,  # type: ignore[union-attr]
+                           check_sha256=check_sha256)
+
+    @property
+    def _samples_file(self) -> SamplesFile:
+        if self._samples is None:  # a copy in a worker process: the parent checked the sha256
+            self._samples = self._open_samples(check_sha256=False)
+        return self._samples
+
+    def check_manifest(self) -> str:
+        """Recompute the build id from the manifest's settings and the stored keys; return it.
+
+        Every shard and the samples file carry the build id of the settings they were
+        written with, so an edited manifest setting (any of ``BUILD_ID_FIELDS``) or a
+        manifest of other files is caught here. Runs at open; cheap (hashes the keys).
+
+        Raises:
+            IntegrityError: naming the manifest, both ids and the fix.
+        """
+        m = self.manifest
+        got = compute_build_id(m, self._samples_file.keys_digest())
+        if got != m.build_id:
+            raise IntegrityError(
+                f"{self.root / MANIFEST_NAME}: its settings and the samples file's keys give build id {got!r}, but "
+                f"the manifest (and the files it lists) say {m.build_id!r}; the manifest was edited after the build "
+                f"(one of {', '.join(BUILD_ID_FIELDS)}) or belongs to other files: re-download or rebuild the store")
+        return got
 
     def _reset(self) -> None:
         self._pid = os.getpid()
@@ -170,6 +211,7 @@ class ReinforcementStore:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_open"], state["_order"], state["_pid"], state["_lock"] = None, None, -1, None
+        state["_samples"] = None  # an mmap: the receiving process maps the file again
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -192,7 +234,7 @@ class ReinforcementStore:
             return sh
 
     def close(self) -> None:
-        """Unmap every open shard (they are re-opened on the next access)."""
+        """Unmap every open shard (they are re-opened, and their rows checked again, on the next access)."""
         self._reset()
 
     def _locate(self, i: int, j: int) -> tuple[_Shard, int, int]:
@@ -205,7 +247,10 @@ class ReinforcementStore:
         sh = self._open[k]
         if sh is None:
             sh = self._open_shard(k)
-        return sh, i - sh.s0, j - sh.a0
+        r = i - sh.s0
+        if not sh.checked[r]:
+            sh.check_row(r)
+        return sh, r, j - sh.a0
 
     # -- properties ------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -278,27 +323,33 @@ class ReinforcementStore:
         return ids, probs
 
     def _gather(self, i, j, names: list[str]) -> dict[str, np.ndarray]:
-        i = np.asarray(i, dtype=np.int64)
-        j = np.asarray(j, dtype=np.int64)
-        i, j = np.broadcast_arrays(i, j)
+        """Stored values of ``names`` for records ``(i[b], j[b])``, grouped into one take per shard."""
+        i, j = np.broadcast_arrays(np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64))
         i, j = i.ravel(), j.ravel()
         if i.size and (i.min() < 0 or i.max() >= self._n or j.min() < 0 or j.max() >= self._num_augs):
             raise IndexError(f"records outside [0, {self._n}) x [0, {self._num_augs}) of {self.root}")
+        if self._pid != os.getpid():
+            self._reset()
         fields = {f.name: f for f in self._fields}
         out = {n: np.empty((i.size, *fields[n].shape), dtype=np.dtype(fields[n].dtype)) for n in names}
+        if not i.size:
+            return out
         k = (i // self._sps) * self._nab + j // self._aps
         order = np.argsort(k, kind="stable")
-        ks, i, j = k[order], i[order], j[order]
+        ks = k[order]
         bounds = np.flatnonzero(ks[1:] != ks[:-1]) + 1
         starts, ends = np.r_[0, bounds].tolist(), np.r_[bounds, ks.size].tolist()
         for s, e in zip(starts, ends):  # one contiguous run of the sorted batch per shard
-            sh, _, _ = self._locate(int(i[s]), int(j[s]))
-            flat_idx = (i[s:e] - sh.s0) * sh.cols + (j[s:e] - sh.a0)
+            idx = order[s:e]
+            sh = self._open[int(ks[s])] or self._open_shard(int(ks[s]))
+            rows = i[idx] - sh.s0
+            todo = rows[sh.checked_np[rows] == 0]
+            for r in np.unique(todo).tolist():
+                sh.check_row(r)
+            flat_idx = rows * sh.cols + (j[idx] - sh.a0)
             for n in names:
-                sh.flat[n].take(flat_idx, axis=0, out=out[n][s:e])
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        return {n: v[inverse] for n, v in out.items()}
+                out[n][idx] = sh.flat[n][flat_idx]
+        return out
 
     def params_batch(self, i, j) -> dict[str, np.ndarray]:
         """Params of records ``(i[b], j[b])``: ``{field: array[B, *field.shape]}`` (``i``, ``j`` broadcast)."""
@@ -311,51 +362,45 @@ class ReinforcementStore:
         m = self.manifest
         return decode_topk_ids(raw[names[0]], m.num_classes, m.topk), decode_topk_probs(raw[names[1]])
 
-    def raw_batch(self, i, j) -> dict[str, np.ndarray]:
-        """Every stored field (params, packed ids, prob codes) of records ``(i[b], j[b])``, undecoded."""
-        return self._gather(i, j, [f.name for f in self._fields])
+    def records_batch(self, i, j) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Params and targets of records ``(i[b], j[b])`` in one gather: ``(params, ids, probs)``.
+
+        Example:
+            >>> params, ids, probs = store.records_batch(indices, choices)  # a DataLoader batch
+        """
+        names = [f.name for f in self._fields]
+        raw = self._gather(i, j, names)
+        m = self.manifest
+        ids = decode_topk_ids(raw[names[-2]], m.num_classes, m.topk)
+        probs = decode_topk_probs(raw[names[-1]])
+        return {n: raw[n] for n in names[:-2]}, ids, probs
 
     # -- samples ---------------------------------------------------------------------------------------
-    def _samples_array(self, name: str) -> np.ndarray:
-        p, tensors = self._samples_info
-        t = tensors[name]
-        dt = {"label": "<i4", "content_hash": "|u1", "key_bytes": "|u1", "key_offsets": "<i8"}[name]
-        with open(p, "rb") as f:
-            f.seek(t.start)
-            buf = f.read(t.end - t.start)
-        if len(buf) != t.end - t.start:
-            raise IntegrityError(f"{p}: truncated while reading {name!r}; re-download or rebuild the store")
-        return np.frombuffer(buf, dtype=dt).reshape(t.shape).copy()
-
     @property
     def labels(self) -> np.ndarray:
-        """``int32[N]`` labels recorded at build time."""
-        if self._labels is None:
-            self._labels = self._samples_array("label")
-        return self._labels
+        """``int32[N]`` labels recorded at build time (read-only)."""
+        return self._samples_file.column("label")
 
     @property
     def content_hashes(self) -> np.ndarray:
-        """``uint8[N, 8]`` content hashes recorded at build time."""
-        if self._hashes is None:
-            self._hashes = self._samples_array("content_hash")
-        return self._hashes
+        """``uint8[N, 8]`` content digests recorded at build time (read-only)."""
+        return self._samples_file.column("content_hash")
+
+    @property
+    def image_sizes(self) -> np.ndarray:
+        """``uint32[N, 2]``: ``H, W`` of each decoded image at build time (read-only)."""
+        return self._samples_file.column("image_size")
+
+    @property
+    def fingerprints(self) -> np.ndarray:
+        """``uint8[N, 64]`` 8x8 luma thumbnails (``schema.fingerprint``) recorded at build time (read-only)."""
+        return self._samples_file.column("fingerprint")
 
     @property
     def keys(self) -> list[str]:
-        """The ``N`` sample keys (relative paths or ``"{split}/{index}"``)."""
+        """The ``N`` sample keys (relative paths or ``"{split}/{index}"``), decoded once."""
         if self._keys is None:
-            data = self._samples_array("key_bytes").tobytes()
-            off = self._samples_array("key_offsets")
-            if off[0] != 0 or off[-1] != len(data) or (np.diff(off) < 0).any():
-                raise IntegrityError(f"{self._samples_info[0]}: key offsets are inconsistent; re-download or "
-                                     "rebuild the store")
-            o = off.tolist()
-            try:
-                self._keys = [data[o[k]:o[k + 1]].decode("utf-8") for k in range(self._n)]
-            except UnicodeDecodeError as e:
-                raise IntegrityError(f"{self._samples_info[0]}: keys are not UTF-8 ({e}); re-download or "
-                                     "rebuild the store") from e
+            self._keys = self._samples_file.keys()
         return self._keys
 
     def index_of_key(self, key: str) -> int:

@@ -1,21 +1,23 @@
-"""Writing a store: shards, the samples file and the manifest (each atomically)."""
+"""Writing a store: shards, the samples file and the manifest, each through ``_files.atomic_write``."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import StoreError
-from ..schema import Field, encode_topk_ids, encode_topk_probs, target_fields
-from ._format import (FORMAT_VERSION, MANIFEST_NAME, MAX_SHARD_BYTES, SAMPLES_NAME, SHARD_DIR, FileEntry,
-                      Manifest, ShardEntry, check_build_id, check_build_id_arg, check_shard_metadata, check_tensors,
-                      parse_shard_filename, plan_shards, read_header, samples_expected, shard_expected,
-                      shard_filename, st_code, atomic_write_chunks)
+from .._files import WrittenFile, atomic_write
+from ..errors import IntegrityError, StoreError
+from ..schema import SAMPLE_FIELDS, Field, encode_topk_ids, encode_topk_probs, target_fields
+from ._format import (FORMAT_VERSION, MAX_SHARD_BYTES, ROW_CRC_NAME, SAMPLES_NAME, SHARD_DIR, check_build_id,
+                      check_build_id_arg, check_shard_metadata, check_tensors, check_version, key_bytes_of,
+                      parse_shard_filename, plan_shards, read_header, resolve_shard_shape, row_checksums,
+                      samples_layout, serialize_header, shard_filename, shard_layout)
+from ._manifest import FileEntry, Manifest, ShardEntry, compute_build_id, digest_keys, encode_keys, hash_keys
+from ._scan import map_file, scan_shard
 
 __all__ = ["write_shard", "read_shard_entry", "write_samples", "write_manifest", "write_store", "sha256_file"]
 
@@ -32,71 +34,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _serialize_header(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[str]]:
-    """A deterministic safetensors header (the library orders ``__metadata__`` at random).
-
-    Tensors are laid out by item size (largest first), then name, so every tensor is
-    aligned to its item size after the 8-byte-padded header.
-    """
-    names = sorted(arrays, key=lambda k: (-arrays[k].dtype.itemsize, k))
-    header: dict = {"__metadata__": dict(sorted(metadata.items()))}
-    offset = 0
-    for k in names:
-        a = arrays[k]
-        header[k] = {"dtype": st_code(a.dtype), "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-(8 + len(raw)) % 8)
-    return len(raw).to_bytes(8, "little") + raw, names
-
-
-def _write_atomic_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[int, str]:
-    """Write a safetensors file (temp name, fsync, rename), hashing it on the way; returns (bytes, sha256)."""
+def _write_safetensors(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> WrittenFile:
+    """Write a safetensors file atomically, hashing it on the way."""
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    head, names = _serialize_header(arrays, metadata)
-    return atomic_write_chunks(path, [head, *(memoryview(arrays[k].reshape(-1).view(np.uint8)) for k in names)])
+    head, names = serialize_header(arrays, metadata)
+    return atomic_write(path, [head, *(memoryview(arrays[k].reshape(-1).view(np.uint8)) for k in names)])
 
 
-def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arrays: Mapping[str, np.ndarray],
-                fields: Sequence[Field], *, max_shard_bytes: int = MAX_SHARD_BYTES,
-                build_id: str | None = None) -> ShardEntry:
-    """Write shard ``[s0, s1) x [a0, a1)`` (temp name, fsync, sha256, rename).
-
-    Args:
-        root: the store folder.
-        s0, s1: sample range.
-        a0, a1: augmentation range.
-        arrays: one array per field, shape ``[s1 - s0, a1 - a0, *field.shape]``, the field's dtype.
-        fields: all fields (param fields then the two target fields).
-        max_shard_bytes: the size cap.
-        build_id: the build's id (:func:`compute_build_id`), stored in the shard's
-            ``__metadata__`` as ``build_id``; ``None``: none stored.
-
-    Returns:
-        The shard's manifest entry.
-
-    Raises:
-        StoreError: a missing or unexpected array, a wrong shape or dtype, a param value
-            outside its field's ``[low, high]``, or a shard over the size cap.
-
-    Example:
-        >>> entry = write_shard("out", 0, 100, 0, 50, {"crop": crop, "topk_ids": ids, "topk_probs": codes}, fields)
-    """
-    check_build_id_arg(build_id, "write_shard")
-    if not (0 <= s0 < s1 and 0 <= a0 < a1):
-        raise StoreError(f"write_shard: empty or negative range samples [{s0}, {s1}) x augs [{a0}, {a1})")
-    name = shard_filename(s0, s1, a0, a1)
-    expected = shard_expected(fields, s0, s1, a0, a1)
-    if set(arrays) != set(expected):
-        raise StoreError(f"write_shard {name}: arrays {sorted(arrays)} must be exactly the fields {sorted(expected)}")
+def _checked_arrays(name: str, arrays: Mapping[str, np.ndarray], fields: Sequence[Field],
+                    layout: dict) -> dict[str, np.ndarray]:
+    """The arrays in field order and stored (little-endian) dtypes, after shape, dtype and range checks."""
+    if set(arrays) != {f.name for f in fields}:
+        raise StoreError(f"write_shard {name}: arrays {sorted(arrays)} must be exactly the fields "
+                         f"{sorted(f.name for f in fields)}")
     out = {}
     for f in fields:
         a = np.asarray(arrays[f.name])
-        dt, shape = expected[f.name]
+        dt, shape = layout[f.name]
         if a.shape != shape:
             raise StoreError(f"write_shard {name}: array {f.name!r} has shape {list(a.shape)}, expected {list(shape)} "
                              f"([s1 - s0, a1 - a0, *field.shape])")
-        if a.dtype != dt or st_code(a.dtype) != st_code(dt):
+        if a.dtype != dt:
             raise StoreError(f"write_shard {name}: array {f.name!r} has dtype {a.dtype.str}, the field declares "
                              f"{f.dtype}; cast it with .astype({f.dtype!r}) after checking the range")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -107,24 +65,63 @@ def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arr
             if (f.low is not None and lo < f.low) or (f.high is not None and hi > f.high):
                 raise StoreError(f"write_shard {name}: field {f.name!r} has values in [{lo}, {hi}], outside its "
                                  f"declared range [{f.low}, {f.high}]; fix the policy's sampling or the field")
-        out[f.name] = a.astype(dt.newbyteorder("<") if dt.itemsize > 1 else dt, copy=False)
+        out[f.name] = np.ascontiguousarray(a, dtype=dt.newbyteorder("<") if dt.itemsize > 1 else dt)
+    return out
+
+
+def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arrays: Mapping[str, np.ndarray],
+                fields: Sequence[Field], *, build_id: str, max_shard_bytes: int = MAX_SHARD_BYTES) -> ShardEntry:
+    """Write shard ``[s0, s1) x [a0, a1)`` with its row checksums, atomically.
+
+    The size and sha256 in the returned entry are computed while writing; nothing is
+    read back.
+
+    Args:
+        root: the store folder.
+        s0, s1: sample range.
+        a0, a1: augmentation range.
+        arrays: one array per field, shape ``[s1 - s0, a1 - a0, *field.shape]``, the field's dtype.
+        fields: all fields (param fields then the two target fields), in manifest order.
+        build_id: the build's id (:func:`compute_build_id`), stored in the shard's ``__metadata__``.
+        max_shard_bytes: the size cap.
+
+    Returns:
+        The shard's manifest entry.
+
+    Raises:
+        StoreError: a missing or unexpected array, a wrong shape or dtype, a param value
+            outside its field's ``[low, high]``, or a shard over the size cap.
+        OSError: writing failed (a full disk); no file (temporary or final) is left.
+
+    Example:
+        >>> entry = write_shard("out", 0, 100, 0, 50, {"crop": crop, "topk_ids": ids, "topk_probs": codes}, fields,
+        ...                     build_id=build_id)
+    """
+    check_build_id_arg(build_id, "write_shard")
+    if not (0 <= s0 < s1 and 0 <= a0 < a1):
+        raise StoreError(f"write_shard: empty or negative range samples [{s0}, {s1}) x augs [{a0}, {a1})")
+    name = shard_filename(s0, s1, a0, a1)
+    if any(f.name == ROW_CRC_NAME for f in fields):
+        raise StoreError(f"write_shard {name}: {ROW_CRC_NAME!r} is reserved for the row checksums; rename the field")
+    out = _checked_arrays(name, arrays, fields, shard_layout(fields, s0, s1, a0, a1))
     nbytes = sum(v.nbytes for v in out.values())
     if nbytes > max_shard_bytes:
         raise StoreError(f"write_shard {name}: {nbytes} bytes of tensors exceed the shard size cap of "
                          f"{max_shard_bytes} bytes; plan smaller shards (plan_shards with record_bytes)")
-    meta = {"format_version": str(FORMAT_VERSION), "s0": str(s0), "s1": str(s1), "a0": str(a0), "a1": str(a1)}
-    if build_id is not None:
-        meta["build_id"] = build_id
-    size, digest = _write_atomic_safetensors(Path(root) / name, out, meta)
-    return ShardEntry(name, (s0, s1), (a0, a1), size, digest)
+    out[ROW_CRC_NAME] = row_checksums([out[f.name] for f in fields])
+    meta = {"format_version": str(FORMAT_VERSION), "s0": str(s0), "s1": str(s1), "a0": str(a0), "a1": str(a1),
+            "build_id": build_id}
+    written = _write_safetensors(Path(root) / name, out, meta)
+    return ShardEntry(name, (s0, s1), (a0, a1), written.bytes, written.sha256)
 
 
 def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Field], *,
                      build_id: str | None = None) -> ShardEntry:
-    """Check a finished shard (header, metadata, names, shapes, dtypes, size) and return its entry.
+    """Check a finished shard and return its entry (for a resumed build).
 
-    The ranges come from the file name (``shard_filename``); a bare name is looked up
-    under ``reinforcements/``. The sha256 is computed from the file.
+    Checks the header, metadata, names, shapes, dtypes and size, and every row against
+    its checksum; the sha256 is computed from the file. The ranges come from the file
+    name (``shard_filename``); a bare name is looked up under ``reinforcements/``.
 
     Args:
         root: the store folder.
@@ -135,10 +132,11 @@ def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Fi
 
     Raises:
         StoreError: the name is not a shard name, or the header disagrees with it or with ``fields``.
-        IntegrityError: the file is missing, truncated or corrupt, or (``build_id`` given)
-            belongs to another build.
+        IntegrityError: the file is missing, truncated or corrupt (a row fails its
+            checksum), or (``build_id`` given) belongs to another build.
     """
-    check_build_id_arg(build_id, "read_shard_entry")
+    if build_id is not None:
+        check_build_id_arg(build_id, "read_shard_entry")
     rel = filename if "/" in filename else f"{SHARD_DIR}/{filename}"
     ranges = parse_shard_filename(rel)
     if ranges is None:
@@ -148,88 +146,131 @@ def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Fi
     tensors, meta, size = read_header(path)
     check_shard_metadata(path, meta, *ranges)
     check_build_id(path, meta, build_id, "this shard belongs to another build; delete it or use a fresh --out")
-    check_tensors(path, tensors, shard_expected(fields, *ranges), size)
+    check_tensors(path, tensors, shard_layout(fields, *ranges), size)
     s0, s1, a0, a1 = ranges
-    return ShardEntry(shard_filename(*ranges), (s0, s1), (a0, a1), size, sha256_file(path))
+    scan = scan_shard(path, tensors, fields, s1 - s0)
+    if scan.bad_rows:
+        samples = [s0 + r for r in scan.bad_rows]
+        raise IntegrityError(f"{path}: {len(samples)} sample row(s) fail their checksum (samples "
+                             f"{samples[:10]}{' ...' if len(samples) > 10 else ''}); the shard is corrupt: delete it "
+                             "and rerun the build to rewrite it")
+    return ShardEntry(shard_filename(*ranges), (s0, s1), (a0, a1), size, scan.sha256)
 
 
-def _encode_keys(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    enc = [str(k).encode("utf-8") for k in keys]
-    offsets = np.zeros(len(enc) + 1, dtype="<i8")
-    np.cumsum([len(b) for b in enc], out=offsets[1:])
-    return np.frombuffer(b"".join(enc), dtype=np.uint8).copy(), offsets
+def _identity_arrays(labels, keys: Sequence[str], hashes, sizes, fingerprints) -> dict[str, np.ndarray]:
+    """The samples file's tensors, after checks (every message names write_samples and the argument)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise StoreError(f"write_samples: labels must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+        raise StoreError(f"write_samples: labels must lie in [0, 2**31), got [{labels.min()}, {labels.max()}]")
+    if len(keys) != n:
+        raise StoreError(f"write_samples: {len(keys)} keys for {n} labels; give one key per sample")
+    if len(set(keys)) != n:
+        seen: set[str] = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise StoreError(f"write_samples: key {dup!r} occurs more than once; keys must identify samples uniquely")
+    out = {"label": labels.astype("<i4")}
+    given = {"content_hash": hashes, "image_size": sizes, "fingerprint": fingerprints}
+    for f in SAMPLE_FIELDS[1:]:
+        a = np.asarray(given[f.name])
+        arg = {"content_hash": "hashes", "image_size": "sizes", "fingerprint": "fingerprints"}[f.name]
+        if a.shape != (n, *f.shape) or not np.issubdtype(a.dtype, np.integer):
+            raise StoreError(f"write_samples: {arg} must be an integer array [{n}, {', '.join(map(str, f.shape))}] "
+                             f"({f.doc}), got {a.dtype} {list(a.shape)}")
+        if a.size and (a.min() < f.low or a.max() > f.high):
+            raise StoreError(f"write_samples: {arg} holds values in [{a.min()}, {a.max()}], outside "
+                             f"[{f.low}, {f.high}] ({f.doc})")
+        out[f.name] = a.astype(f.dtype)
+    out["key_bytes"], out["key_offsets"] = encode_keys(keys)
+    return out
 
 
-def write_samples(root: str | os.PathLike, labels, keys: Sequence[str], hashes, *,
-                  build_id: str | None = None) -> FileEntry:
-    """Write ``samples.safetensors`` (label, content_hash, keys) atomically.
+def write_samples(root: str | os.PathLike, labels, keys: Sequence[str], hashes, sizes, fingerprints, *,
+                  build_id: str) -> FileEntry:
+    """Write ``samples.safetensors`` (the per-sample identity) atomically.
 
     Args:
         root: the store folder.
         labels: int ``[N]`` labels of the base dataset.
-        keys: ``N`` sample keys (relative paths or ``"{split}/{index}"``).
-        hashes: uint8 ``[N, 8]`` content hashes (``schema.content_hash``).
-        build_id: the build's id (:func:`compute_build_id`), stored in the file's
-            ``__metadata__`` as ``build_id``; ``None``: none stored.
+        keys: ``N`` unique sample keys (relative paths or ``"{split}/{index}"``).
+        hashes: uint8 ``[N, 8]`` content digests (computed by the caller).
+        sizes: int ``[N, 2]``: ``H, W`` of each decoded image (>= 1).
+        fingerprints: uint8 ``[N, 64]``: :func:`imagenet_plus.schema.fingerprint` of each image.
+        build_id: the build's id (:func:`compute_build_id`), stored in the file's ``__metadata__``.
 
     Returns:
-        The file's manifest entry.
+        The file's manifest entry (size and sha256 computed while writing).
+
+    Example:
+        >>> entry = write_samples("out", labels, keys, hashes, sizes, fingerprints, build_id=build_id)
     """
     check_build_id_arg(build_id, "write_samples")
-    labels = np.asarray(labels)
-    hashes = np.asarray(hashes)
-    n = len(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise StoreError(f"write_samples: labels must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
-    if labels.size and (labels.min() < np.iinfo(np.int32).min or labels.max() > np.iinfo(np.int32).max):
-        raise StoreError("write_samples: labels do not fit int32")
-    if len(keys) != n:
-        raise StoreError(f"write_samples: {len(keys)} keys for {n} labels; give one key per sample")
-    if hashes.shape != (n, 8) or hashes.dtype != np.uint8:
-        raise StoreError(f"write_samples: hashes must be uint8 [{n}, 8], got {hashes.dtype} {list(hashes.shape)}")
-    key_bytes, offsets = _encode_keys(keys)
-    arrays = {"label": labels.astype("<i4"), "content_hash": hashes, "key_bytes": key_bytes, "key_offsets": offsets}
-    meta = {"format_version": str(FORMAT_VERSION), "num_samples": str(n)}
-    if build_id is not None:
-        meta["build_id"] = build_id
-    size, digest = _write_atomic_safetensors(Path(root) / SAMPLES_NAME, arrays, meta)
-    return FileEntry(SAMPLES_NAME, size, digest)
+    arrays = _identity_arrays(labels, keys, hashes, sizes, fingerprints)
+    meta = {"format_version": str(FORMAT_VERSION), "num_samples": str(len(arrays["label"])), "build_id": build_id}
+    written = _write_safetensors(Path(root) / SAMPLES_NAME, arrays, meta)
+    return FileEntry(SAMPLES_NAME, written.bytes, written.sha256)
+
+
+def _samples_keys_digest(path: Path, manifest: Manifest) -> str:
+    """Check the samples file's header against the manifest; return the digest of its keys."""
+    tensors, meta, size = read_header(path)
+    check_version(meta.get("format_version"), str(path), "samples file")
+    check_build_id(path, meta, manifest.build_id, "this samples file belongs to another build; rerun the build "
+                   "to rewrite it")
+    check_tensors(path, tensors, samples_layout(manifest.num_samples, key_bytes_of(tensors)), size)
+    buf = map_file(path)
+    kb, ko = tensors["key_bytes"], tensors["key_offsets"]
+    return hash_keys(memoryview(buf)[kb.start:kb.end], memoryview(buf)[ko.start:ko.end])
 
 
 def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
     """Check the manifest against the files on disk, then write ``manifest.json`` atomically (last).
 
+    Checks: the manifest's consistency; every listed file present with its size; the
+    samples file's and every shard's header and build id; and that ``manifest.build_id``
+    equals :func:`compute_build_id` of the manifest and the samples file's keys.
+
     Raises:
-        StoreError: the manifest is inconsistent, or a listed file is missing or has another size.
+        StoreError: the manifest is inconsistent, or a listed file is missing, has another
+            size or belongs to another build.
     """
     root = Path(root)
-    manifest.validate(str(root / MANIFEST_NAME))
-    entries: list[FileEntry | ShardEntry] = [manifest.samples_file, *manifest.shards]  # type: ignore[list-item]
-    for e in entries:
-        p = root / e.file
+    manifest.validate(str(root / "manifest.json"))
+    for e in [manifest.samples_file, *manifest.shards]:
+        p = root / e.file  # type: ignore[union-attr]
         if not p.is_file():
             raise StoreError(f"write_manifest: {p} is listed but missing; finish writing every shard first")
-        if p.stat().st_size != e.bytes:
-            raise StoreError(f"write_manifest: {p} has {p.stat().st_size} bytes, its entry says {e.bytes}; "
-                             "rewrite the file or recompute its entry with read_shard_entry")
-    sp = root / manifest.samples_file.file  # type: ignore[union-attr]
-    tensors, meta, size = read_header(sp)
-    if "build_id" in meta:  # written without a build id (older builders): nothing to compare
-        check_build_id(sp, meta, manifest.build_id, "this samples file belongs to another build; rerun the build "
-                       "to rewrite it")
-    kb = tensors["key_bytes"].shape[0] if "key_bytes" in tensors and len(tensors["key_bytes"].shape) == 1 else -1
-    check_tensors(sp, tensors, samples_expected(manifest.num_samples, kb), size)
+        if p.stat().st_size != e.bytes:  # type: ignore[union-attr]
+            raise StoreError(f"write_manifest: {p} has {p.stat().st_size} bytes, its entry says "
+                             f"{e.bytes}; rewrite the file or recompute its entry with read_shard_entry")  # type: ignore[union-attr]
+    for e in manifest.shards:
+        p = root / e.file
+        tensors, meta, size = read_header(p)
+        check_shard_metadata(p, meta, *e.samples, *e.augs)
+        check_build_id(p, meta, manifest.build_id, "this shard belongs to another build; rerun the build to "
+                       "rewrite it")
+        check_tensors(p, tensors, shard_layout(manifest.fields, *e.samples, *e.augs), size)
+    digest = _samples_keys_digest(root / manifest.samples_file.file, manifest)  # type: ignore[union-attr]
+    want = compute_build_id(manifest, digest)
+    if manifest.build_id != want:
+        raise StoreError(f"write_manifest: the manifest's build_id {manifest.build_id!r} is not "
+                         f"compute_build_id(manifest, keys_digest) = {want!r}; a setting changed after the shards "
+                         "were written, or the keys differ: compute the id from the final manifest (settings and "
+                         "keys) before writing the first shard, or rebuild the store")
     return manifest.save(root)
 
 
 def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classes: int, policy: dict,
                 teacher: dict, seed: int, builder_version: str, params: Mapping[str, np.ndarray], topk_ids,
-                topk_probs, labels, keys: Sequence[str], hashes, param_fields: Sequence[Field] | None = None,
-                fields: Sequence[Field] | None = None, topk: int | None = None, num_samples: int | None = None,
-                num_augmentations: int | None = None, samples_per_shard: int | None = None,
-                augs_per_shard: int | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-                extra: dict | None = None, build_id: str | None = None) -> Manifest:
-    """Write a complete store from in-memory arrays (tests, small builds).
+                topk_probs, labels, keys: Sequence[str], hashes, sizes, fingerprints,
+                param_fields: Sequence[Field] | None = None, fields: Sequence[Field] | None = None,
+                topk: int | None = None, num_samples: int | None = None, num_augmentations: int | None = None,
+                samples_per_shard: int | None = None, augs_per_shard: int | None = None,
+                max_shard_bytes: int = MAX_SHARD_BYTES, extra: dict | None = None,
+                reports: dict | None = None) -> Manifest:
+    """Write a complete store from in-memory arrays (tests, small builds); computes its build id.
 
     Args:
         root: output folder (created).
@@ -240,24 +281,19 @@ def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classe
         params: one array ``[N, A, *field.shape]`` per param field.
         topk_ids: int ``[N, A, K]`` teacher top-k class ids.
         topk_probs: float ``[N, A, K]`` descending teacher probabilities.
-        labels, keys, hashes: per-sample identity (see :func:`write_samples`).
+        labels, keys, hashes, sizes, fingerprints: per-sample identity (see :func:`write_samples`).
         param_fields: the policy's fields (``Policy.fields``).
         fields: alternatively the manifest's field list (param fields, then the two target fields).
         topk, num_samples, num_augmentations: optional, checked against the arrays.
         samples_per_shard, augs_per_shard: shard shape (``None``: fit the size cap).
         max_shard_bytes: shard size cap.
-        extra: free-form manifest extras.
-        build_id: the build's id (:func:`compute_build_id`), written into every file and
-            the manifest; ``None``: none.
+        extra: settings recorded in the manifest (covered by the build id).
+        reports: free-form reports recorded in the manifest (outside the build id).
 
     Returns:
         The written manifest.
     """
-    from ._format import resolve_shard_shape
-
-    check_build_id_arg(build_id, "write_store")
-    topk_ids = np.asarray(topk_ids)
-    topk_probs = np.asarray(topk_probs)
+    topk_ids, topk_probs = np.asarray(topk_ids), np.asarray(topk_probs)
     if topk_ids.ndim != 3 or topk_ids.shape != topk_probs.shape:
         raise StoreError(f"write_store: topk_ids {list(topk_ids.shape)} and topk_probs {list(topk_probs.shape)} "
                          "must both be [N, A, K]")
@@ -266,40 +302,46 @@ def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classe
                             ("num_augmentations", num_augmentations, a)):
         if want is not None and want != got:
             raise StoreError(f"write_store: {name}={want} but topk_ids has shape {list(topk_ids.shape)} ([N, A, K])")
-    if (param_fields is None) == (fields is None):
-        raise StoreError("write_store: give exactly one of param_fields (the policy's fields) or fields")
-    if param_fields is None:
-        fields = list(fields)  # type: ignore[arg-type]
-        names = [f.name for f in fields]
-        want = [(f.name, np.dtype(f.dtype), f.shape) for f in target_fields(num_classes, k)]
-        if names[-2:] == ["topk_ids", "topk_probs"] and [(f.name, np.dtype(f.dtype), f.shape)
-                                                          for f in fields[-2:]] != want:
-            raise StoreError(f"write_store: the target fields in fields do not match "
-                             f"schema.target_fields(num_classes={num_classes}, topk={k})")
-        param_fields = fields[:-2] if names[-2:] == ["topk_ids", "topk_probs"] else fields
+    param_fields = _resolve_param_fields(param_fields, fields, num_classes, k)
     if topk_probs.size and (topk_probs.min() < 0 or topk_probs.max() > 1
                             or topk_probs.sum(-1).max() > 1 + 1e-3 or (np.diff(topk_probs, axis=-1) > 1e-6).any()):
         raise StoreError("write_store: topk_probs must be descending probabilities in [0, 1] summing to <= 1")
-    fields = [*param_fields, *target_fields(num_classes, k)]
-    sps, aps = resolve_shard_shape(n, a, sum(f.nbytes for f in fields), samples_per_shard, augs_per_shard,
-                                   max_shard_bytes)
+    all_fields = [*param_fields, *target_fields(num_classes, k)]
+    record_bytes = sum(f.nbytes for f in all_fields)
+    sps, aps = resolve_shard_shape(n, a, record_bytes, samples_per_shard, augs_per_shard, max_shard_bytes)
     for f in param_fields:
         if f.name not in params or np.shape(params[f.name])[:2] != (n, a):
             raise StoreError(f"write_store: params[{f.name!r}] must have shape [{n}, {a}, *{list(f.shape)}]")
+    m = Manifest(dataset=dataset, split=split, num_samples=n, num_augmentations=a, topk=k, num_classes=num_classes,
+                 policy=dict(policy), fields=all_fields, teacher=dict(teacher), seed=int(seed),
+                 builder_version=builder_version, samples_per_shard=sps, augs_per_shard=aps,
+                 extra=dict(extra or {}), reports=dict(reports or {}))
+    m.validate("write_store", require_files=False)
+    m.build_id = compute_build_id(m, digest_keys(keys))
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for s0, s1, a0, a1 in plan_shards(n, a, sps, aps, record_bytes=sum(f.nbytes for f in fields),
-                                      max_shard_bytes=max_shard_bytes):
+    for s0, s1, a0, a1 in plan_shards(n, a, sps, aps, record_bytes=record_bytes, max_shard_bytes=max_shard_bytes):
         arrays = {f.name: np.asarray(params[f.name])[s0:s1, a0:a1] for f in param_fields}
         arrays["topk_ids"] = encode_topk_ids(topk_ids[s0:s1, a0:a1], num_classes)
         arrays["topk_probs"] = encode_topk_probs(topk_probs[s0:s1, a0:a1])
-        shards.append(write_shard(root, s0, s1, a0, a1, arrays, fields, max_shard_bytes=max_shard_bytes,
-                                  build_id=build_id))
-    samples = write_samples(root, labels, keys, hashes, build_id=build_id)
-    m = Manifest(dataset=dataset, split=split, num_samples=n, num_augmentations=a, topk=k, num_classes=num_classes,
-                 policy=dict(policy), fields=fields, teacher=dict(teacher), seed=int(seed),
-                 builder_version=builder_version, samples_per_shard=sps, augs_per_shard=aps, samples_file=samples,
-                 shards=shards, extra=dict(extra or {}), build_id=build_id)
+        m.shards.append(write_shard(root, s0, s1, a0, a1, arrays, all_fields, max_shard_bytes=max_shard_bytes,
+                                    build_id=m.build_id))
+    m.samples_file = write_samples(root, labels, keys, hashes, sizes, fingerprints, build_id=m.build_id)
     write_manifest(root, m)
     return m
+
+
+def _resolve_param_fields(param_fields, fields, num_classes: int, k: int) -> list[Field]:
+    if (param_fields is None) == (fields is None):
+        raise StoreError("write_store: give exactly one of param_fields (the policy's fields) or fields")
+    if param_fields is not None:
+        return list(param_fields)
+    fields = list(fields)
+    names = [f.name for f in fields]
+    if names[-2:] != ["topk_ids", "topk_probs"]:
+        return fields
+    want = [(f.name, np.dtype(f.dtype), f.shape) for f in target_fields(num_classes, k)]
+    if [(f.name, np.dtype(f.dtype), f.shape) for f in fields[-2:]] != want:
+        raise StoreError(f"write_store: the target fields in fields do not match "
+                         f"schema.target_fields(num_classes={num_classes}, topk={k})")
+    return fields[:-2]

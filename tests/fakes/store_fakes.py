@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from imagenet_plus.schema import Field, content_hash
+from imagenet_plus.schema import Field, content_hash, fingerprint
 from imagenet_plus.store import Manifest, write_store
 
 #: Param fields shaped like the ImageNet+ recipe (crop box, flip + RandAugment ops, erasing box),
@@ -40,6 +40,9 @@ class FakeStore:
     labels: np.ndarray  # int32 [N]
     keys: list[str]
     hashes: np.ndarray  # uint8 [N, 8]
+    sizes: np.ndarray  # uint32 [N, 2]: H, W
+    fingerprints: np.ndarray  # uint8 [N, 64]
+    images: list[np.ndarray]  # the RGB uint8 images the identity columns describe
 
 
 def random_teacher_topk(rng: np.random.Generator, shape: tuple[int, ...], num_classes: int, topk: int,
@@ -72,6 +75,26 @@ def random_params(rng: np.random.Generator, fields: Sequence[Field], shape: tupl
     return out
 
 
+def random_images(rng: np.random.Generator, num_samples: int) -> list[np.ndarray]:
+    """Small RGB images of varied sizes (6..40 px a side) with smooth gradients plus noise, like photos."""
+    out = []
+    for _ in range(num_samples):
+        h, w = (int(x) for x in rng.integers(6, 41, size=2))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = rng.uniform(0, 255, 3) + rng.uniform(-4, 4, 3) * yy[..., None] + rng.uniform(-4, 4, 3) * xx[..., None]
+        out.append(np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8))
+    return out
+
+
+def identity_columns(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hashes uint8[N, 8], sizes uint32[N, 2], fingerprints uint8[N, 64])`` of RGB images."""
+    n = len(images)
+    hashes = np.stack([content_hash(im) for im in images]) if n else np.zeros((0, 8), np.uint8)
+    sizes = np.array([im.shape[:2] for im in images], dtype=np.uint32).reshape(n, 2)
+    prints = np.stack([fingerprint(im) for im in images]) if n else np.zeros((0, 64), np.uint8)
+    return hashes, sizes, prints
+
+
 def imagenet_like_keys(num_samples: int, labels: np.ndarray) -> list[str]:
     """Keys shaped like ImageNet relative paths, ``n0XXXXXXX/n0XXXXXXX_NNNNN.JPEG``."""
     return [f"n{1440764 + int(c) * 977:08d}/n{1440764 + int(c) * 977:08d}_{10026 + 37 * i}.JPEG"
@@ -83,7 +106,8 @@ def write_fake_store(root: str | Path, *, num_samples: int = 11, num_augmentatio
                      param_fields: Sequence[Field] = DEFAULT_PARAM_FIELDS, labels: np.ndarray | None = None,
                      keys: Sequence[str] | None = None, hashes: np.ndarray | None = None,
                      params: dict[str, np.ndarray] | None = None, policy: dict | None = None,
-                     dataset: str = "fake", split: str = "train") -> FakeStore:
+                     dataset: str = "fake", split: str = "train", extra: dict | None = None,
+                     reports: dict | None = None) -> FakeStore:
     """Write a multi-shard store of random but realistic records; returns it with its source arrays.
 
     Args:
@@ -92,21 +116,23 @@ def write_fake_store(root: str | Path, *, num_samples: int = 11, num_augmentatio
         samples_per_shard, augs_per_shard: shard shape (defaults give several shards in both directions).
         seed: numpy seed of the random records.
         param_fields: param fields (default: a crop/ops/erase-like set of several dtypes and shapes).
-        labels, keys, hashes: per-sample identity (default: random labels, ImageNet-like keys,
-            content hashes of small random images).
+        labels, keys: per-sample identity (default: random labels, ImageNet-like keys).
+        hashes: content digests to store instead of those of the generated images (the
+            sizes and fingerprints always describe the generated images, ``FakeStore.images``).
         params: param arrays ``[N, A, *field.shape]`` to store instead of random ones (e.g. from a
             real ``Policy.sample`` so that replay tests get valid params).
         policy: the manifest's policy config (default: a placeholder naming the fake).
         dataset, split: manifest names.
+        extra, reports: the manifest's ``extra`` (in the build id) and ``reports`` (outside it).
     """
     rng = np.random.default_rng(seed)
     if labels is None:
         labels = rng.integers(0, num_classes, size=num_samples).astype(np.int32)
     if keys is None:
         keys = imagenet_like_keys(num_samples, labels)
-    if hashes is None:
-        hashes = np.stack([content_hash(rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8))
-                           for _ in range(num_samples)]) if num_samples else np.zeros((0, 8), np.uint8)
+    images = random_images(rng, num_samples)
+    own_hashes, sizes, prints = identity_columns(images)
+    hashes = own_hashes if hashes is None else hashes
     if params is None:
         params = random_params(rng, param_fields, (num_samples, num_augmentations))
     ids, probs, _ = random_teacher_topk(rng, (num_samples, num_augmentations), num_classes, topk)
@@ -114,7 +140,7 @@ def write_fake_store(root: str | Path, *, num_samples: int = 11, num_augmentatio
                     policy=policy or {"name": "fake", "fields": [f.to_json() for f in param_fields]},
                     param_fields=param_fields, teacher={"name": "random-gaussian-logits", "seed": seed}, seed=seed,
                     builder_version="tests", params=params, topk_ids=ids, topk_probs=probs, labels=labels,
-                    keys=list(keys), hashes=hashes, samples_per_shard=samples_per_shard,
-                    augs_per_shard=augs_per_shard)
+                    keys=list(keys), hashes=hashes, sizes=sizes, fingerprints=prints,
+                    samples_per_shard=samples_per_shard, augs_per_shard=augs_per_shard, extra=extra, reports=reports)
     return FakeStore(Path(root), m, params, ids, probs, np.asarray(labels, dtype=np.int32), list(keys),
-                     np.asarray(hashes, dtype=np.uint8))
+                     np.asarray(hashes, dtype=np.uint8), sizes, prints, images)
