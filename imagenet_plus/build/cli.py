@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from ..errors import ArgumentError, ReinforcementError
 from .config import DATASETS, PIXEL_PATHS, BuildConfig, load_config, merge_config
 
-__all__ = ["add_parser", "run", "run_build", "main", "resume_command"]
+__all__ = ["add_parser", "add_arguments", "config_from_args", "run", "run_build", "main", "resume_command"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _PROG = "imagenet-plus build"
@@ -83,7 +83,8 @@ def _optional_int(v: str) -> int | None:
 _TYPES = {None: str, "int": int, "int?": _optional_int, "bool": _bool}
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the build flags (and ``--config``) to ``p`` (this command, ``builders/build.py``)."""
     p.add_argument("--config", help="YAML recipe (keys are the settings); flags override its values")
     for flag, dest, kind, help_ in _FLAGS:
         if kind == "bool":  # --flag, --flag true/false
@@ -96,7 +97,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``build`` command to an ``argparse`` subparsers object (the lead's ``imagenet-plus`` CLI)."""
     p = subparsers.add_parser("build", help="reinforce a dataset: run a teacher over stored augmentations",
                               description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
-    _add_arguments(p)
+    add_arguments(p)
     return p
 
 
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         manifest = run_build(cfg, stats)
     except KeyboardInterrupt:
-        print(f"\n{_PROG}: interrupted; finished shards are kept, resume with: {resume_command()}", file=sys.stderr)
+        print(f"{_PROG}: interrupted; finished shards are kept, resume with: {resume_command()}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ArgumentError as e:
         print(f"{_PROG}: error: {e}", file=sys.stderr)
@@ -248,5 +249,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m imagenet_plus.build ...``: the ``build`` command on its own."""
     parser = argparse.ArgumentParser(prog="python -m imagenet_plus.build", description=__doc__.split("\n\n")[0],
                                      argument_default=argparse.SUPPRESS)
-    _add_arguments(parser)
+    add_arguments(parser)
     return run(parser.parse_args(argv))
