@@ -158,6 +158,45 @@ def _evaluate(model: nn.Module, loader, device) -> float:
     return correct / max(total, 1)
 
 
+def _cosine_with_warmup(warm: int, total: int):
+    """Learning-rate factor per step: linear warm-up over ``warm`` steps, then cosine decay to 0 at ``total``."""
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return factor
+
+
+def _train(model: nn.Module, train_dl, cfg: FinetuneConfig, device: torch.device) -> tuple[int, float]:
+    """SGD (Nesterov) with warm-up and cosine decay, label smoothing; returns ``(steps, last loss)``."""
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr * cfg.batch_size / 256, momentum=0.9,
+                          nesterov=True)
+    steps_per_epoch = max(1, len(train_dl))
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
+                                                                           steps_per_epoch * cfg.epochs)
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch)) if total > 1 else 0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(warm, total))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    amp = device.type == "cuda"
+    step, t0, last_loss = 0, time.perf_counter(), float("nan")
+    while step < total:
+        model.train()
+        for x, y in train_dl:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            last_loss = float(loss.detach())
+            if step % 50 == 0:
+                print(f"step {step}/{total} loss {last_loss:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            if step >= total:
+                break
+    return step, last_loss
+
+
 def main(config: FinetuneConfig) -> dict:
     """Fine-tune ``config.model`` and write the checkpoint and its sidecar.
 
@@ -199,37 +238,7 @@ def main(config: FinetuneConfig) -> dict:
                           num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda")
     eval_dl = DataLoader(eval_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     model = model.to(device)
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr * cfg.batch_size / 256, momentum=0.9,
-                          nesterov=True)
-    steps_per_epoch = max(1, len(train_dl))
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
-                                                                           steps_per_epoch * cfg.epochs)
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch)) if total > 1 else 0
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    amp = device.type == "cuda"
-    step, t0, last_loss = 0, time.perf_counter(), float("nan")
-    while step < total:
-        model.train()
-        for x, y in train_dl:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            last_loss = float(loss.detach())
-            if step % 50 == 0:
-                print(f"step {step}/{total} loss {last_loss:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-            if step >= total:
-                break
+    step, last_loss = _train(model, train_dl, cfg, device)
     acc = _evaluate(model, eval_dl, device)
     ckpt = Path(cfg.out) / f"{cfg.name or cfg.model}.safetensors"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
