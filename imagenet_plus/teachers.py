@@ -148,13 +148,23 @@ def read_sidecar(checkpoint: str | Path) -> dict:
     return d
 
 
+def _timm():
+    try:
+        import timm
+        import timm.data
+        import timm.models
+    except ImportError as e:
+        raise BuildError(f"teachers need timm ({e}): pip install 'imagenet-plus[timm]'") from None
+    return timm
+
+
 def _arch(name: str) -> str:
     return name.split(".")[0]
 
 
 def _build_model(spec: TeacherSpec, num_classes: int | None, pretrained: bool) -> nn.Module:
     """The timm model of ``spec`` (pretrained weights only when asked and there is no checkpoint)."""
-    import timm
+    timm = _timm()
 
     arch = _arch(spec.name)
     use_pretrained = pretrained and spec.checkpoint is None
@@ -183,11 +193,9 @@ def _build_model(spec: TeacherSpec, num_classes: int | None, pretrained: bool) -
 
 def _check_pretrained_head(spec: TeacherSpec, num_classes: int | None, allow_new_head: bool) -> None:
     """Refuse (before any download) a pretrained model asked for another class count: timm would give it a new head."""
-    from timm.models import get_pretrained_cfg
-
     if num_classes is None or allow_new_head:
         return
-    cfg = get_pretrained_cfg(spec.name)
+    cfg = _timm().models.get_pretrained_cfg(spec.name)
     have = getattr(cfg, "num_classes", None) if cfg is not None else None
     if have and have != num_classes:
         raise BuildError(f"teacher {spec.name!r}: its pretrained classifier has {have} classes, num_classes is "
@@ -199,14 +207,12 @@ def _check_pretrained_head(spec: TeacherSpec, num_classes: int | None, allow_new
 
 def _classifier_names(model_name: str, model: nn.Module | None = None) -> list[str]:
     """The classifier module names of a timm model (its pretrained config's ``classifier``), without building it."""
-    from timm.models import get_pretrained_cfg
-
     if model is not None and isinstance(getattr(model, "pretrained_cfg", None), dict):
         names = model.pretrained_cfg.get("classifier")
     elif _arch(model_name) in _EXTRA_ARCHS:
         names = "fc"
     else:
-        cfg = get_pretrained_cfg(model_name)
+        cfg = _timm().models.get_pretrained_cfg(model_name)
         names = getattr(cfg, "classifier", None) if cfg is not None else None
     return [names] if isinstance(names, str) else list(names or [])
 
@@ -267,9 +273,7 @@ def _load_checkpoint(model: nn.Module, spec: TeacherSpec, state: dict, allow_new
 def _member_input(model: nn.Module, spec: TeacherSpec, side: dict, input_size: int | None,
                   pretrained: bool) -> MemberInput:
     """Resolve a member's input pipeline (see the module docstring for the order)."""
-    import timm.data
-
-    cfg = dict(timm.data.resolve_data_config({}, model=model))
+    cfg = dict(_timm().data.resolve_data_config({}, model=model))
     size = int(cfg["input_size"][-1])
     source = "pretrained config" if pretrained and spec.checkpoint is None else GUESSED
     if "input_size" in side:

@@ -124,9 +124,9 @@ def check_teacher_input(teacher: Any, image_size: int) -> list[dict]:
             raise BuildError(
                 f"teacher {m['model']}: its checkpoint {m['checkpoint']} has no .json sidecar saying the input size "
                 f"it was trained at, so its architecture's default {m['input_size']} px was assumed, and the "
-                f"{image_size} px augmented images would be resized {f:g}x: a checkpoint trained at {image_size} px "
-                "then sees pixels unlike any it was trained on, and its store teaches nothing (a digits build did "
-                f"this silently; its student reached 9.5%). Pass --teacher-input-size with the size it was trained "
+                f"{image_size} px augmented images would be resized {f:g}x: if it was trained at {image_size} px, "
+                "it would see pixels unlike any it was trained on and its store would teach nothing (a digits build "
+                f"did this silently; its student reached 9.5%). Pass --teacher-input-size with the size it was trained "
                 f"at (e.g. --teacher-input-size {image_size}), or write the sidecar with \"input_size\": "
                 f"[3, N, N]; to resize on purpose, pass --teacher-input-size {m['input_size']}")
     return pipeline

@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     except ArgumentError as e:
         print(f"{_PROG}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (ReinforcementError, OSError) as e:
+    except (ReinforcementError, OSError, ImportError) as e:
         print(f"{_PROG}: error: {e}", file=sys.stderr)
         return EXIT_FAIL
     if manifest is not None:

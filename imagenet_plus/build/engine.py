@@ -20,6 +20,7 @@ equal settings give byte-identical stores whatever the world size, worker count 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -127,8 +128,6 @@ def _kept_shards(b: _Build, stats: BuildStats) -> list[Shard]:
 
 
 def _entry_json(meta: dict) -> dict:
-    import json
-
     return json.loads(meta["entry"])
 
 

@@ -10,7 +10,9 @@ build id), prints it in the build summary, and warns loudly (stderr, and recorde
 * when a member's input is the augmented image resized by more than :data:`MAX_RESIZE` (either
   way): a model trained at 32 px fed 224 px (or the reverse) sees pixels unlike any it was
   trained on;
-* when top-1 agreement is *near chance*: below ``min(2 x chance, (1 + chance) / 2)``.
+* when top-1 agreement is *near chance*: below twice chance, or below a quarter of the way from
+  chance to perfect agreement, whichever is lower (``min(2 c, c + (1 - c) / 4)`` for chance ``c``:
+  20% for 10 classes, 50% for 3).
 
 A record that mixes two images (MixUp/CutMix) agrees when the class is either image's label;
 its chance level is counted as two labels' worth. Counts are kept per shard (in the build's
@@ -184,7 +186,7 @@ def create_report(counts: AgreementCounts, num_classes: int, classes: Sequence[s
     report = TeacherReport(records, mixed, int(counts.top1.sum()), int(counts.topn.sum()), top_n, num_classes, chance,
                            _worst_class(counts, classes, top_n), [dict(m) for m in input_pipeline])
     report.warnings = resize_warnings(report.input_pipeline)
-    if records and report.top1 < min(2.0 * chance, (1.0 + chance) / 2.0):
+    if records and report.top1 < min(2.0 * chance, chance + (1.0 - chance) / 4.0):
         report.warnings.append(
             f"the teacher's top-1 agrees with the labels on {100 * report.top1:.1f}% of {records:,} records, near "
             f"chance ({100 * chance:.1f}%): it may not fit this dataset (other classes or class order, a freshly "
