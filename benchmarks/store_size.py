@@ -1,9 +1,10 @@
 """Bytes per stored augmentation for the ImageNet+ recipe, and the KL cost of the 8-bit target codes.
 
 Builds a real store (default 2,000 samples x 400 augmentations, 1000 classes, K=10,
-ImageNet-like keys), measures total bytes on disk (shards + samples file + manifest)
-per record, compares with the reference implementation (73 bytes/aug: 37.5 GB for
-ImageNet+ at 400 augmentations), and measures the KL divergence (nats) between the
+ImageNet-like keys, per-sample image sizes and fingerprints), measures total bytes on
+disk (shards with their per-row checksums + samples file + manifest) per record,
+compares with the reference implementation (73 bytes/aug: 37.5 GB for ImageNet+ at
+400 augmentations), and measures the KL divergence (nats) between the
 densified float32 top-k and the densified stored (decoded) targets on teacher
 distributions from flat to very peaked.
 
@@ -28,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imagenet_plus.schema import Field, content_hash, decode_topk_probs, encode_topk_probs  # noqa: E402
+from imagenet_plus.schema import SAMPLE_FIELDS, Field, decode_topk_probs, encode_topk_probs  # noqa: E402
 from imagenet_plus.store import open_store, write_store  # noqa: E402
 from imagenet_plus.targets import densify  # noqa: E402
 
@@ -101,7 +102,9 @@ def main() -> None:
     labels = rng.integers(0, c, size=n).astype(np.int32)
     keys = [f"n{1440764 + int(y) * 977:08d}/n{1440764 + int(y) * 977:08d}_{10026 + 37 * i}.JPEG"
             for i, y in enumerate(labels)]
-    hashes = np.stack([content_hash(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)) for _ in range(n)])
+    hashes = rng.integers(0, 256, (n, 8), dtype=np.uint8)  # digests: incompressible, as real ones
+    sizes = np.stack([rng.integers(200, 501, n), rng.integers(200, 501, n)], axis=1).astype(np.uint32)
+    prints = rng.integers(0, 256, (n, 64), dtype=np.uint8)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out or Path(tmp) / "store")
@@ -109,11 +112,13 @@ def main() -> None:
         m = write_store(root, dataset="imagenet", split="train", num_classes=c, policy=policy_config,
                         param_fields=fields, teacher={"name": "synthetic gaussian-logit teacher"}, seed=0,
                         builder_version="benchmark", params=params, topk_ids=pool_ids[pick],
-                        topk_probs=pool_probs[pick], labels=labels, keys=keys, hashes=hashes)
+                        topk_probs=pool_probs[pick], labels=labels, keys=keys, hashes=hashes, sizes=sizes,
+                        fingerprints=prints)
         write_s = time.perf_counter() - tw
         files = [p for p in root.rglob("*") if p.is_file()]
         total = sum(p.stat().st_size for p in files)
         shard_bytes = sum(e.bytes for e in m.shards)
+        samples_bytes = m.samples_file.bytes
         store = open_store(root)
         i, j = rng.integers(0, n, 1000), rng.integers(0, a, 1000)
         ids_back, _ = store.targets_batch(i, j)
@@ -133,6 +138,10 @@ def main() -> None:
     allv = torch.cat(all_kl)
     record_bytes = sum(f.nbytes for f in m.fields)
     per_aug = total / (n * a)
+    crc_per_aug = 4 / m.augs_per_shard  # one <u4 per sample row of augs_per_shard records
+    identity_per_sample = sum(f.nbytes for f in SAMPLE_FIELDS) + 8  # + the key offset
+    key_bytes = sum(len(k.encode()) for k in keys) / n
+    projected = IMAGENET_TRAIN * (400 * (record_bytes + crc_per_aug) + identity_per_sample + key_bytes)
     print(json.dumps({
         "benchmark": "store_size",
         "samples": n, "augmentations": a, "num_classes": c, "topk": k,
@@ -147,7 +156,9 @@ def main() -> None:
         "reference_bytes_per_aug": REFERENCE_BYTES_PER_AUG,
         "ratio_vs_reference": round(per_aug / REFERENCE_BYTES_PER_AUG, 3),
         "target_ratio": 0.6, "meets_size_target": per_aug / REFERENCE_BYTES_PER_AUG <= 0.6,
-        "projected_imagenet_plus_400_GB": round(record_bytes * IMAGENET_TRAIN * 400 / 1e9, 2),
+        "row_checksum_bytes_per_aug": crc_per_aug,
+        "samples_file_bytes": samples_bytes, "samples_file_bytes_per_sample": round(samples_bytes / n, 1),
+        "projected_imagenet_plus_400_GB": round(projected / 1e9, 2),
         "kl_nats_mean": float(allv.mean()), "kl_nats_max": float(allv.max()),
         "kl_target_mean": 1e-3, "meets_kl_target": float(allv.mean()) <= 1e-3,
         "kl_by_logit_scale": kl_by_scale,

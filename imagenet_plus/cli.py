@@ -246,9 +246,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1, default=str))
     else:
-        print(f"{path}: checksums and schema OK ({'full' if args.full else 'fast'} check)")
-        for k, v in out["report"].items():
-            print(f"  {k}: {v}")
+        print(report.summary())  # says what was checked and what was not
         if "teacher_check" in out:
             t = out["teacher_check"]
             print(f"teacher rerun on {t['records']} replayed records: "

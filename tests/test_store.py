@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 from fakes.store_fakes import (DEFAULT_PARAM_FIELDS, identity_columns, random_images, random_teacher_topk,
                                write_fake_store)
 from imagenet_plus import _files
-from imagenet_plus.errors import AlignmentError, FormatVersionError, IntegrityError, StoreError
+from imagenet_plus.errors import AlignmentError, ArgumentError, FormatVersionError, IntegrityError, StoreError
 from imagenet_plus.schema import Field, decode_topk_probs, encode_topk_ids, encode_topk_probs, target_fields
 from imagenet_plus.store import (BUILD_ID_FIELDS, FORMAT_VERSION, NOT_IN_BUILD_ID, ROW_CRC_NAME,  # noqa: I001
                                  Manifest, ReinforcementStore, compute_build_id, digest_keys, open_store,
@@ -164,6 +164,12 @@ def test_partial_augmentations_need_only_first_blocks(copy, fake):
     assert verify(copy, full=True, num_augmentations=3).num_shards == 3
     with pytest.raises(StoreError, match="num_augmentations=8"):
         open_store(copy, num_augmentations=8)
+    with pytest.raises(ArgumentError, match="Invalid value 2.5 for argument num_augmentations"):
+        open_store(copy, num_augmentations=2.5)
+    with pytest.raises(ArgumentError, match="for argument num_augmentations"):
+        verify(copy, num_augmentations=0)
+    with pytest.raises(StoreError, match="num_augmentations=8"):
+        verify(copy, num_augmentations=8)
 
 
 def test_lazy_opening_and_eviction(fake):
@@ -430,6 +436,22 @@ def test_one_byte_flip_in_a_shard_raises_on_read(copy, fake):
         open_store(copy).targets(5, 3)
 
 
+def test_batches_of_many_new_rows_are_checked_in_one_pass(tmp_path):
+    fake = write_fake_store(tmp_path / "s", num_samples=40, num_augmentations=4, samples_per_shard=40,
+                            augs_per_shard=2, seed=3)
+    e = fake.manifest.shards[1]  # samples [0, 40) x augs [2, 4)
+    start, _ = _span(fake.root / e.file, "topk_probs")
+    _flip(fake.root / e.file, start + 25 * 2 * 4 + 6, 0x10)  # sample 25: 2 augs x 4 codes per row
+    store = open_store(fake.root)
+    params, ids, _ = store.records_batch(np.arange(40), np.zeros(40, int))  # 40 new rows of shard 0: fine
+    np.testing.assert_array_equal(ids, fake.topk_ids[:, 0])
+    with pytest.raises(IntegrityError, match=rf"{e.file}: the records of sample 25 \(augmentations \[2, 4\)\)"):
+        store.records_batch(np.arange(40)[::-1], np.full(40, 3))
+    assert store.records_batch(np.arange(20), np.full(20, 2))[1].shape == (20, 3)  # rows before 25 are fine
+    with pytest.raises(IntegrityError, match="sample 25 "):
+        store.targets(25, 2)  # a failed row is not marked checked
+
+
 def test_each_row_is_checked_once(fake, monkeypatch):
     import zlib as zlib_module
 
@@ -480,7 +502,7 @@ def test_verify_full_hashes_and_checks_everything(fake):
     r = verify(fake.root, full=True)
     total = sum(e.bytes for e in fake.manifest.shards) + fake.manifest.samples_file.bytes
     assert r.ok and r.full and r.bytes_hashed == total == r.bytes_checked and r.rows_checked == 33
-    assert any(s.startswith("sha256 of 9 shard file(s) and the samples file") for s in r.checked)
+    assert r.files_hashed == 10 and any(s.startswith("sha256 of 10 file(s) (") for s in r.checked)
     assert any(s.startswith("CRC32 of 33 sample row(s)") for s in r.checked)
     assert not any("sha256" in s or "CRC32" in s for s in r.not_checked)
     assert r.not_in_build_id == NOT_IN_BUILD_ID
@@ -590,6 +612,9 @@ def test_missing_shard(copy, fake):
     (copy / fake.manifest.shards[5].file).unlink()
     with pytest.raises(IntegrityError, match=r"shard-s00000004-s00000008-a00006-a00007.*missing"):
         verify(copy)
+    r = verify(copy, full=True, raise_on_problems=False)
+    assert len(r.problems) == 1 and r.files_hashed == 9
+    assert "sha256, rows and values of 1 file(s) whose header or size failed (see problems)" in r.not_checked
     with pytest.raises(IntegrityError, match="re-download"):
         open_store(copy)
     store = open_store(copy, check_files=False)

@@ -14,10 +14,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._checks import check_int
 from ..errors import AlignmentError, IntegrityError, StoreError
 from ..schema import PROB_CODE_SCALE, PROB_CODE_ZERO, Field, decode_topk_ids, decode_topk_probs, id_bits
 from ._format import (MANIFEST_NAME, REPAIR, ROW_CRC_NAME, check_build_id, check_shard_metadata, check_tensors,
-                      read_header, row_mismatch_message, shard_layout)
+                      read_header, row_checksums, row_mismatch_message, shard_layout)
 from ._manifest import BUILD_ID_FIELDS, Manifest, ShardEntry, compute_build_id
 from ._samples import SamplesFile
 
@@ -26,6 +27,10 @@ __all__ = ["Record", "ReinforcementStore", "open_store"]
 # Same values as schema._CODE_VALUES, so the single-record path decodes bit-identically.
 _CODE_VALUES = np.exp(-np.arange(256, dtype=np.float64) / PROB_CODE_SCALE)
 _CODE_VALUES[PROB_CODE_ZERO] = 0.0
+
+# Fewer unchecked rows of one shard in a batch than this: checked one by one (numpy's per-call cost
+# outweighs its per-row gain on small runs; measured in benchmarks/store_access.py).
+_ROWS_PER_VECTOR_CHECK = 16
 
 _FOREIGN_FIX = f"this shard belongs to another build (the manifest's build_id differs): {REPAIR}"
 
@@ -44,10 +49,9 @@ class _MissingKey(AlignmentError, KeyError):
 
 
 class _Shard:
-    """An opened shard: read-only numpy views over a shared mmap and a bitmap of checked rows."""
+    """An opened shard: read-only numpy views over a shared mmap, and what checking a row needs."""
 
-    __slots__ = ("path", "s0", "a0", "a1", "cols", "params", "ids", "probs", "flat", "rows", "crc", "checked",
-                 "checked_np")
+    __slots__ = ("path", "s0", "a0", "a1", "cols", "params", "ids", "probs", "flat", "rows", "row_views", "crc")
 
     def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...], build_id: str | None):
         (s0, s1), (a0, a1) = entry.samples, entry.augs
@@ -76,19 +80,26 @@ class _Shard:
         # Row r of field f is bytes [start_f + r * row_f, start_f + (r + 1) * row_f) of the file.
         whole = memoryview(mm)
         self.rows = tuple((whole[tensors[fl.name].start:tensors[fl.name].end], self.cols * fl.nbytes) for fl in fields)
+        self.row_views = tuple(views[fl.name].reshape(n, -1) for fl in fields)
         self.crc = np.frombuffer(mm, dtype="<u4", count=n, offset=tensors[ROW_CRC_NAME].start)
-        self.checked = bytearray(n)
-        self.checked_np = np.frombuffer(self.checked, dtype=np.uint8)
 
     def check_row(self, r: int) -> None:
-        """Check row ``r`` against its checksum (once); raises :class:`IntegrityError` naming shard and sample."""
+        """Check row ``r`` against its checksum; raises :class:`IntegrityError` naming shard and sample."""
         crc = 0
         for buf, nb in self.rows:
             crc = zlib.crc32(buf[r * nb:(r + 1) * nb], crc)
         want = int(self.crc[r])
         if crc != want:
             raise IntegrityError(row_mismatch_message(self.path, self.s0 + r, self.a0, self.a1, crc, want))
-        self.checked[r] = 1
+
+    def check_rows(self, rows: np.ndarray) -> None:
+        """Check the rows ``rows`` (unique, int64) in one pass: one CRC update per row instead of per field."""
+        got = row_checksums([v[rows] for v in self.row_views])
+        bad = np.flatnonzero(got != self.crc[rows])
+        if bad.size:
+            r = int(rows[bad[0]])
+            raise IntegrityError(row_mismatch_message(self.path, self.s0 + r, self.a0, self.a1, int(got[bad[0]]),
+                                                      int(self.crc[r])))
 
 
 class ReinforcementStore:
@@ -130,9 +141,10 @@ class ReinforcementStore:
             self.root = self.root.parent
         self.manifest = m = Manifest.load(self.root)
         stored = m.num_augmentations
+        num_augmentations = check_int(num_augmentations, "num_augmentations", low=1, optional=True)
         if num_augmentations is None:
             num_augmentations = stored
-        if not (1 <= int(num_augmentations) <= stored):
+        if not num_augmentations <= stored:
             raise StoreError(f"{self.root}: num_augmentations={num_augmentations} but the store holds {stored} "
                              f"augmentations per sample; pick a value in [1, {stored}]")
         self._num_augs = int(num_augmentations)
@@ -142,7 +154,7 @@ class ReinforcementStore:
         self._fields = tuple(m.fields)
         self._bits = id_bits(m.num_classes)
         self._k = m.topk
-        self._max_open = max(1, int(max_open_shards))
+        self._max_open = check_int(max_open_shards, "max_open_shards", low=1)
         self._needed = [k for k, e in enumerate(m.shards) if e.augs[0] < self._num_augs]
         if check_files:
             self._check_files()
@@ -207,10 +219,14 @@ class ReinforcementStore:
         self._open: list[_Shard | None] = [None] * len(self.manifest.shards)
         self._order: deque[int] = deque()
         self._lock = threading.Lock()
+        # One bit per sample row (sample i, augmentation block b: row i * blocks + b): checked in this process.
+        self._checked_np = np.zeros((self._n * self._nab + 7) // 8, dtype=np.uint8)
+        self._checked = memoryview(self._checked_np)  # fast scalar access
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_open"], state["_order"], state["_pid"], state["_lock"] = None, None, -1, None
+        state["_checked"] = state["_checked_np"] = None
         state["_samples"] = None  # an mmap: the receiving process maps the file again
         return state
 
@@ -234,7 +250,7 @@ class ReinforcementStore:
             return sh
 
     def close(self) -> None:
-        """Unmap every open shard (they are re-opened, and their rows checked again, on the next access)."""
+        """Unmap every open shard (re-opened, and their rows checked again, on the next access)."""
         self._reset()
 
     def _locate(self, i: int, j: int) -> tuple[_Shard, int, int]:
@@ -243,13 +259,16 @@ class ReinforcementStore:
             raise IndexError(f"record ({i}, {j}) outside [0, {self._n}) x [0, {self._num_augs}) of {self.root}")
         if self._pid != os.getpid():
             self._reset()
-        k = (i // self._sps) * self._nab + j // self._aps
+        b = j // self._aps
+        k = (i // self._sps) * self._nab + b
         sh = self._open[k]
         if sh is None:
             sh = self._open_shard(k)
         r = i - sh.s0
-        if not sh.checked[r]:
+        row = i * self._nab + b
+        if not self._checked[row >> 3] >> (row & 7) & 1:
             sh.check_row(r)
+            self._checked[row >> 3] |= 1 << (row & 7)  # a lost update (two threads) only means a re-check
         return sh, r, j - sh.a0
 
     # -- properties ------------------------------------------------------------------------------------
@@ -323,7 +342,7 @@ class ReinforcementStore:
         return ids, probs
 
     def _gather(self, i, j, names: list[str]) -> dict[str, np.ndarray]:
-        """Stored values of ``names`` for records ``(i[b], j[b])``, grouped into one take per shard."""
+        """Stored values of ``names`` for records ``(i[b], j[b])``: one take per shard and field."""
         i, j = np.broadcast_arrays(np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64))
         i, j = i.ravel(), j.ravel()
         if i.size and (i.min() < 0 or i.max() >= self._n or j.min() < 0 or j.max() >= self._num_augs):
@@ -334,22 +353,39 @@ class ReinforcementStore:
         out = {n: np.empty((i.size, *fields[n].shape), dtype=np.dtype(fields[n].dtype)) for n in names}
         if not i.size:
             return out
-        k = (i // self._sps) * self._nab + j // self._aps
+        b = j // self._aps
+        k = (i // self._sps) * self._nab + b
+        rows = i * self._nab + b
+        new = np.flatnonzero((self._checked_np[rows >> 3] >> (rows & 7) & 1) == 0)
+        if new.size:
+            self._check_rows(np.unique(rows[new]))
         order = np.argsort(k, kind="stable")
-        ks = k[order]
+        ks, i, j = k[order], i[order], j[order]
         bounds = np.flatnonzero(ks[1:] != ks[:-1]) + 1
-        starts, ends = np.r_[0, bounds].tolist(), np.r_[bounds, ks.size].tolist()
-        for s, e in zip(starts, ends):  # one contiguous run of the sorted batch per shard
-            idx = order[s:e]
+        for s, e in zip(np.r_[0, bounds].tolist(), np.r_[bounds, ks.size].tolist()):  # one run per shard
             sh = self._open[int(ks[s])] or self._open_shard(int(ks[s]))
-            rows = i[idx] - sh.s0
-            todo = rows[sh.checked_np[rows] == 0]
-            for r in np.unique(todo).tolist():
-                sh.check_row(r)
-            flat_idx = rows * sh.cols + (j[idx] - sh.a0)
+            flat_idx = (i[s:e] - sh.s0) * sh.cols + (j[s:e] - sh.a0)
             for n in names:
-                out[n][idx] = sh.flat[n][flat_idx]
-        return out
+                sh.flat[n].take(flat_idx, axis=0, out=out[n][s:e])
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        return {n: v[inverse] for n, v in out.items()}
+
+    def _check_rows(self, rows: np.ndarray) -> None:
+        """Check sample rows (``i * blocks + b``, unique, sorted) not checked yet in this process, shard by shard."""
+        i, b = rows // self._nab, rows % self._nab
+        k = (i // self._sps) * self._nab + b
+        order = np.argsort(k, kind="stable")
+        ks, i, rows = k[order], i[order], rows[order]
+        bounds = np.flatnonzero(ks[1:] != ks[:-1]) + 1
+        for s, e in zip(np.r_[0, bounds].tolist(), np.r_[bounds, ks.size].tolist()):
+            sh = self._open[int(ks[s])] or self._open_shard(int(ks[s]))
+            if e - s > _ROWS_PER_VECTOR_CHECK:
+                sh.check_rows(i[s:e] - sh.s0)
+            else:
+                for r in (i[s:e] - sh.s0).tolist():
+                    sh.check_row(r)
+            np.bitwise_or.at(self._checked_np, rows[s:e] >> 3, (1 << (rows[s:e] & 7)).astype(np.uint8))
 
     def params_batch(self, i, j) -> dict[str, np.ndarray]:
         """Params of records ``(i[b], j[b])``: ``{field: array[B, *field.shape]}`` (``i``, ``j`` broadcast)."""
@@ -406,7 +442,7 @@ class ReinforcementStore:
     def index_of_key(self, key: str) -> int:
         """Sample index of ``key``; raises :class:`AlignmentError` (also a ``KeyError``) if absent."""
         if self._key_index is None:
-            self._key_index = {k: n for n, k in enumerate(self.keys)}
+            self._key_index = dict(zip(self.keys, range(self._n)))
         try:
             return self._key_index[key]
         except KeyError:

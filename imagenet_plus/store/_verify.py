@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._checks import check_int
 from .._files import human_bytes
 from ..errors import IntegrityError, StoreError
 from ._format import check_build_id, check_shard_metadata, check_tensors, read_header, shard_layout
@@ -31,6 +32,7 @@ class VerifyReport:
         num_records: records in the checked shards.
         bytes_checked: bytes of the files whose size and header were checked.
         bytes_hashed: bytes hashed (sha256; 0 without ``full``).
+        files_hashed: files hashed (0 without ``full``; with it, every file whose header passed).
         rows_checked: sample rows checked against their CRC32 (0 without ``full``).
         checked: one sentence per kind of check made.
         not_checked: one sentence per kind of check not made, with how to make it.
@@ -46,6 +48,7 @@ class VerifyReport:
     num_records: int = 0
     bytes_checked: int = 0
     bytes_hashed: int = 0
+    files_hashed: int = 0
     rows_checked: int = 0
     checked: list[str] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)
@@ -61,7 +64,8 @@ class VerifyReport:
     def to_json(self) -> dict:
         return {"path": self.path, "full": self.full, "ok": self.ok, "num_shards": self.num_shards,
                 "num_records": self.num_records, "bytes_checked": self.bytes_checked,
-                "bytes_hashed": self.bytes_hashed, "rows_checked": self.rows_checked, "checked": self.checked,
+                "bytes_hashed": self.bytes_hashed, "files_hashed": self.files_hashed,
+                "rows_checked": self.rows_checked, "checked": self.checked,
                 "not_checked": self.not_checked, "problems": self.problems,
                 "not_in_build_id": self.not_in_build_id, "seconds": round(self.seconds, 3)}
 
@@ -101,6 +105,7 @@ def _check_samples(root: Path, m: Manifest, full: bool, report: VerifyReport) ->
     if not full:
         return samples
     report.bytes_hashed += e.bytes  # type: ignore[union-attr]
+    report.files_hashed += 1
     labels, sizes = samples.column("label"), samples.column("image_size")
     if labels.size and (labels.min() < 0 or labels.max() >= m.num_classes):
         report.problems.append(f"{p}: labels in [{labels.min()}, {labels.max()}], outside [0, {m.num_classes}); "
@@ -150,6 +155,7 @@ def _check_shard(root: Path, m: Manifest, e, full: bool, report: VerifyReport) -
         return
     scan = scan_shard(p, tensors, m.fields, s1 - s0, num_classes=m.num_classes, topk=m.topk)
     report.bytes_hashed += size
+    report.files_hashed += 1
     report.rows_checked += s1 - s0
     if scan.sha256 != e.sha256:
         report.problems.append(f"{p}: sha256 {scan.sha256} does not match the manifest's {e.sha256}")
@@ -198,8 +204,8 @@ def verify(path: str | os.PathLike, full: bool = False, *, num_augmentations: in
     t0 = time.perf_counter()
     root = Path(path)
     m = Manifest.load(root)
-    limit = m.num_augmentations if num_augmentations is None else int(num_augmentations)
-    if not 1 <= limit <= m.num_augmentations:
+    limit = check_int(num_augmentations, "num_augmentations", low=1, optional=True) or m.num_augmentations
+    if limit > m.num_augmentations:
         raise StoreError(f"verify: num_augmentations={num_augmentations} outside [1, {m.num_augmentations}]")
     shards = [e for e in m.shards if e.augs[0] < limit]
     report = VerifyReport(str(root), bool(full), m)
@@ -228,11 +234,15 @@ def _describe(report: VerifyReport, m: Manifest, shards: list, limit: int) -> No
     ]
     if report.full:
         report.checked += [
-            f"sha256 of {n} shard file(s) and the samples file ({human_bytes(report.bytes_hashed)} hashed)",
+            f"sha256 of {report.files_hashed} file(s) ({human_bytes(report.bytes_hashed)}) against the manifest",
             f"CRC32 of {report.rows_checked} sample row(s) ({report.num_records} records)",
             "values: params within their declared ranges, class ids < num_classes, probabilities in [0, 1] summing "
             "to <= 1 and descending, labels in [0, num_classes), image sizes >= 1, keys unique and UTF-8",
         ]
+        unread = n + 1 - report.files_hashed
+        if unread:
+            report.not_checked.append(f"sha256, rows and values of {unread} file(s) whose header or size failed "
+                                      "(see problems)")
     else:
         report.not_checked += [
             f"sha256 of {n} shard file(s) ({human_bytes(shard_bytes)}) and the samples file "

@@ -238,13 +238,14 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
     """
     root = Path(root)
     manifest.validate(str(root / "manifest.json"))
-    for e in [manifest.samples_file, *manifest.shards]:
-        p = root / e.file  # type: ignore[union-attr]
+    entries: list = [manifest.samples_file, *manifest.shards]
+    for e in entries:
+        p = root / e.file
         if not p.is_file():
             raise StoreError(f"write_manifest: {p} is listed but missing; finish writing every shard first")
-        if p.stat().st_size != e.bytes:  # type: ignore[union-attr]
-            raise StoreError(f"write_manifest: {p} has {p.stat().st_size} bytes, its entry says "
-                             f"{e.bytes}; rewrite the file or recompute its entry with read_shard_entry")  # type: ignore[union-attr]
+        if p.stat().st_size != e.bytes:
+            raise StoreError(f"write_manifest: {p} has {p.stat().st_size} bytes, its entry says {e.bytes}; rewrite "
+                             "the file or recompute its entry with read_shard_entry")
     for e in manifest.shards:
         p = root / e.file
         tensors, meta, size = read_header(p)
