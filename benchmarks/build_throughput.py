@@ -1,6 +1,6 @@
 """Builder throughput against the teacher's forward pass alone (same device, same batch size).
 
-The builder (:func:`imagenet_plus.reinforce.build_reinforcements`) decodes JPEGs in
+The builder (:func:`imagenet_plus.build.build_reinforcements`) decodes JPEGs in
 DataLoader workers, crops every augmentation, finishes it (on CUDA: batched on the
 GPU), runs the teacher, keeps the top-k and writes shards. The reference is the same
 teacher on a resident random uint8 batch, so the ratio is the share of the teacher's
@@ -34,9 +34,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from builders.teachers import IG_RESNEXT_ENSEMBLE, create_teacher  # noqa: E402
 from imagenet_plus.augment import create_policy  # noqa: E402
-from imagenet_plus.reinforce import BuildStats, build_reinforcements  # noqa: E402
+from imagenet_plus.build import BuildStats, build_reinforcements  # noqa: E402
+from imagenet_plus.teachers import IG_RESNEXT_ENSEMBLE, create_teacher  # noqa: E402
 
 __all__ = ["JpegPhotos", "measure", "check_device_build", "main"]
 
@@ -136,7 +136,7 @@ def measure(*, device: str, teacher: str, batch_size: int, samples: int, augs: i
     build_aps = stats.records / stats.seconds
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "teacher": list(model.names), "teacher_input_size": model.data_configs[0]["input_size"][1],
+        "teacher": list(model.names), "teacher_input_size": model.inputs[0].input_size,
         "policy": policy, "image_size": image_size, "batch_size": batch_size, "samples": samples,
         "augs_per_sample": augs, "records": records, "num_workers": num_workers, "compile": compile,
         "amp_bf16": model.amp, "teacher_init_s": round(t_init, 2),
@@ -155,8 +155,12 @@ def check_device_build(device: str, samples: int = 12, augs: int = 8, image_size
     (sampled on the CPU either way), the teacher's top-1 agrees on >= 98% of the records and
     the decoded top-1 probabilities are close (the device finishes pixels in batches: within
     the augmentation engine's CPU-vs-CUDA tolerance, not bit for bit; the teacher runs in
-    float32 here to isolate the pixel path), and a rebuild on the device with another worker
-    count is byte-identical (determinism on one device).
+    float32 here to isolate the pixel path), a rebuild on the device with another worker
+    count is byte-identical (determinism on one device), and the teacher reports of the two
+    builds count the same records with top-1 label agreements within 0.02. Every device build
+    also passed the builder's read-back check (one record per shard replayed by the CPU replay
+    within its stated tolerance of the pixels the teacher saw on the device; a build raises
+    otherwise).
     """
     import copy
 
@@ -185,6 +189,7 @@ def check_device_build(device: str, samples: int = 12, augs: int = 8, image_size
                                      augs_per_shard=max(1, augs // 2), batch_size=32, device=d, progress=False,
                                      num_workers=nw)
             m = Manifest.load(roots["cpu"])
+            reports = [Manifest.load(roots[t]).reports["teacher"] for t in ("cpu", "dev")]
             same_params, agree, dprob = True, [], []
             for e in m.shards:
                 a, b = load_file(str(roots["cpu"] / e.file)), load_file(str(roots["dev"] / e.file))
@@ -198,8 +203,12 @@ def check_device_build(device: str, samples: int = 12, augs: int = 8, image_size
         top1 = float(np.concatenate(agree).mean())
         res = {"params_identical": bool(same_params), "top1_agreement": top1,
                "top1_prob_mean_abs_diff": float(np.concatenate(dprob).mean()),
-               "device_rebuild_byte_identical": bool(deterministic)}
-        res["ok"] = bool(same_params and top1 >= 0.98 and deterministic)
+               "device_rebuild_byte_identical": bool(deterministic), "read_back_check": "passed",
+               "report_label_top1_cpu": reports[0]["top1_agreement"],
+               "report_label_top1_device": reports[1]["top1_agreement"]}
+        same_report = reports[0]["records"] == reports[1]["records"] and \
+            abs(reports[0]["top1_agreement"] - reports[1]["top1_agreement"]) <= 0.02
+        res["ok"] = bool(same_params and top1 >= 0.98 and deterministic and same_report)
         ok &= res["ok"]
         out[name] = res
     out["ok"] = bool(ok)

@@ -6,8 +6,9 @@ training images get RandomResizedCrop + horizontal flip at the model's input
 size, evaluation images a resize + centre crop. Writes
 ``OUT/{name}.safetensors`` (the state dict, loadable with
 ``load_state_dict(strict=True)``; ``name`` defaults to the model name) and ``OUT/{name}.json`` (model name,
-num_classes, input size, mean/std, accuracy, recipe), which
-``builders/teachers.py`` reads next to the checkpoint.
+num_classes, input size, mean/std, interpolation, accuracy, recipe), the sidecar
+:mod:`imagenet_plus.teachers` reads next to the checkpoint (the builder then feeds the teacher
+images at the size it was trained at).
 
 Datasets: ``cifar100``, ``flowers102``, ``food101`` (torchvision's layout under
 ``--data-root``; never downloaded), ``imagefolder`` and ``digits``
@@ -96,38 +97,36 @@ class FinetuneConfig:
 
 
 def _bases(cfg: FinetuneConfig):
-    """The raw training and evaluation datasets of ``cfg``."""
-    from builders.build import BuildConfig, create_dataset
+    """The adapters of ``cfg``'s training and evaluation splits."""
+    from imagenet_plus.adapters import create_adapter
 
     if cfg.dataset not in _TRAIN_SPLIT:
         raise ValueError(f"--dataset {cfg.dataset!r} is not supported; valid values are "
                          f"{{{', '.join(_TRAIN_SPLIT)}}}")
-    return tuple(create_dataset(BuildConfig(dataset=cfg.dataset, data_root=cfg.data_root, split=split,
-                                            source_size=cfg.source_size))
+    kwargs = {"image_size": cfg.source_size} if cfg.dataset == "digits" else {}
+    return tuple(create_adapter(cfg.dataset, cfg.data_root, split, **kwargs)
                  for split in (_TRAIN_SPLIT[cfg.dataset], _EVAL_SPLIT[cfg.dataset]))
 
 
-def _wrap(base, tf, limit: int | None):
+def _wrap(adapter, tf, limit: int | None):
     from torch.utils.data import Subset
 
-    ds = _Transformed(base, tf)
+    ds = _Transformed(adapter, tf)
     return Subset(ds, range(limit)) if limit is not None and limit < len(ds) else ds
 
 
 class _Transformed(torch.utils.data.Dataset):
-    """``(tf(rgb image), label)`` of a base dataset, decoded through :func:`imagenet_plus.identity.load_sample`."""
+    """``(tf(rgb image), label)`` of a dataset, decoded through its adapter (as the builder decodes it)."""
 
-    def __init__(self, base, tf):
-        self.base, self.tf = base, tf
+    def __init__(self, adapter, tf):
+        self.adapter, self.tf = adapter, tf
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.adapter)
 
     def __getitem__(self, i: int):
-        from imagenet_plus.identity import load_sample
-
-        img, label = load_sample(self.base, i)
-        return self.tf(img), label
+        sample = self.adapter.load(i)
+        return self.tf(sample.image), sample.label
 
 
 def _transforms(size: int, mean, std):
@@ -159,59 +158,24 @@ def _evaluate(model: nn.Module, loader, device) -> float:
     return correct / max(total, 1)
 
 
-def main(config: FinetuneConfig) -> dict:
-    """Fine-tune ``config.model`` and write the checkpoint and its sidecar.
+def _cosine_with_warmup(warm: int, total: int):
+    """Learning-rate factor per step: linear warm-up over ``warm`` steps, then cosine decay to 0 at ``total``."""
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return factor
 
-    Returns:
-        The sidecar dict (also written to ``OUT/{model}.json``).
-    """
-    import timm
-    import timm.data
-    from safetensors.torch import load_file, save_file
-    from torch.utils.data import DataLoader
 
-    from builders.teachers import TeacherSpec, _create_model
-
-    cfg = config
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    torch.manual_seed(cfg.seed)
-    train_base, eval_base = _bases(cfg)
-    classes = getattr(train_base, "classes", None)
-    if not classes:
-        raise ValueError(f"--dataset {cfg.dataset}: the dataset does not list its classes")
-    num_classes = len(classes)
-    model = _create_model(TeacherSpec(cfg.model), None, cfg.pretrained and cfg.init_checkpoint is None)
-    if cfg.init_checkpoint:
-        state = load_file(cfg.init_checkpoint)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ValueError(f"--init-checkpoint {cfg.init_checkpoint}: keys {unexpected[:5]} are not in "
-                             f"{cfg.model!r}; pass the checkpoint's own model name")
-    model.reset_classifier(num_classes)
-    data_cfg = timm.data.resolve_data_config({}, model=model)
-    size = int(cfg.input_size or data_cfg["input_size"][1])
-    mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
-    train_tf, eval_tf = _transforms(size, mean, std)
-    train_ds, eval_ds = _wrap(train_base, train_tf, cfg.limit_train), _wrap(eval_base, eval_tf, cfg.limit_eval)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
-                          num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda")
-    eval_dl = DataLoader(eval_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    model = model.to(device)
+def _train(model: nn.Module, train_dl, cfg: FinetuneConfig, device: torch.device) -> tuple[int, float]:
+    """SGD (Nesterov) with warm-up and cosine decay, label smoothing; returns ``(steps, last loss)``."""
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr * cfg.batch_size / 256, momentum=0.9,
                           nesterov=True)
     steps_per_epoch = max(1, len(train_dl))
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
                                                                            steps_per_epoch * cfg.epochs)
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch)) if total > 1 else 0
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_with_warmup(warm, total))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp = device.type == "cuda"
     step, t0, last_loss = 0, time.perf_counter(), float("nan")
@@ -230,16 +194,60 @@ def main(config: FinetuneConfig) -> dict:
                 print(f"step {step}/{total} loss {last_loss:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             if step >= total:
                 break
+    return step, last_loss
+
+
+def main(config: FinetuneConfig) -> dict:
+    """Fine-tune ``config.model`` and write the checkpoint and its sidecar.
+
+    Returns:
+        The sidecar dict (also written to ``OUT/{model}.json``).
+    """
+    import timm.data
+    from safetensors.torch import load_file, save
+    from torch.utils.data import DataLoader
+
+    from imagenet_plus._files import atomic_write, atomic_write_text
+    from imagenet_plus.teachers import TeacherSpec, create_member
+
+    cfg = config
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    train_base, eval_base = _bases(cfg)
+    num_classes = train_base.num_classes
+    if not num_classes:
+        raise ValueError(f"--dataset {cfg.dataset}: the dataset does not list its classes")
+    # The classifier is replaced below on purpose (fine-tuning): a fresh head is what this script wants.
+    model, _ = create_member(TeacherSpec(cfg.model), pretrained=cfg.pretrained and cfg.init_checkpoint is None,
+                             allow_new_head=True)
+    if cfg.init_checkpoint:
+        state = load_file(cfg.init_checkpoint)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"--init-checkpoint {cfg.init_checkpoint}: keys {unexpected[:5]} are not in "
+                             f"{cfg.model!r}; pass the checkpoint's own model name")
+    model.reset_classifier(num_classes)
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    size = int(cfg.input_size or data_cfg["input_size"][1])
+    mean, std = tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+    train_tf, eval_tf = _transforms(size, mean, std)
+    train_ds, eval_ds = _wrap(train_base, train_tf, cfg.limit_train), _wrap(eval_base, eval_tf, cfg.limit_eval)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
+                          num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda")
+    eval_dl = DataLoader(eval_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    model = model.to(device)
+    step, last_loss = _train(model, train_dl, cfg, device)
     acc = _evaluate(model, eval_dl, device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / f"{cfg.name or cfg.model}.safetensors"
+    ckpt = Path(cfg.out) / f"{cfg.name or cfg.model}.safetensors"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(ckpt), metadata={"model": cfg.model, "num_classes": str(num_classes)})
+    atomic_write(ckpt, [save(state, metadata={"model": cfg.model, "num_classes": str(num_classes)})])
     side = {"model": cfg.model, "num_classes": num_classes, "input_size": [3, size, size], "mean": list(mean),
-            "std": list(std), "accuracy": acc, "eval_split": _EVAL_SPLIT[cfg.dataset], "dataset": cfg.dataset,
-            "steps": step, "final_loss": last_loss, "recipe": asdict(cfg)}
-    ckpt.with_suffix(".json").write_text(json.dumps(side, indent=1) + "\n", encoding="utf-8")
+            "std": list(std), "interpolation": str(data_cfg.get("interpolation", "bilinear")), "accuracy": acc,
+            "eval_split": _EVAL_SPLIT[cfg.dataset], "dataset": cfg.dataset, "steps": step, "final_loss": last_loss,
+            "recipe": asdict(cfg)}
+    atomic_write_text(ckpt.with_suffix(".json"), json.dumps(side, indent=1) + "\n")
     print(f"{cfg.model}: {step} steps, {_EVAL_SPLIT[cfg.dataset]} accuracy {acc:.4f} -> {ckpt}", file=sys.stderr)
     return side
 
@@ -265,11 +273,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=float, default=getattr(d, name))
     p.add_argument("--device", default=d.device)
     cfg = FinetuneConfig(**vars(p.parse_args(argv)))
-    from builders.teachers import TeacherLoadError
-
     try:
         main(cfg)
-    except (ValueError, OSError, TeacherLoadError) as e:
+    except (ValueError, OSError) as e:
         print(f"builders/finetune_teacher.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,10 @@
+"""``python -m imagenet_plus.build``: the ``imagenet-plus build`` command on its own."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
