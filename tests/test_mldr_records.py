@@ -13,7 +13,7 @@ from fakes.mldr_archive import PUBLISHED, draw_sample, mldr_config
 from imagenet_plus.augment.config import RA_OPS
 from imagenet_plus.errors import ImportFormatError
 from imagenet_plus.mldr import MLDR_RA_OPS, VARIANTS, decode_records, parse_config
-from imagenet_plus.mldr._records import ra_magnitude_table
+from imagenet_plus.mldr._config import ra_magnitude_table
 
 SIZES = [(90, 120), (200, 150), (64, 64), (300, 100)]
 

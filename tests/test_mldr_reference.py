@@ -188,7 +188,7 @@ def test_teacher_and_student_pipelines_differ_only_inside_randaugment(photos):
         p = {"crop": box, "flip": True, "erase": (3, 4, 50, 60)}
         assert torch.equal(single(img, p, kind="rrc", mean=mean, std=std, backend="pil"),
                            single(img, p, kind="rrc", mean=mean, std=std, backend="tensor"))
-    from imagenet_plus.mldr._records import ra_magnitude_table
+    from imagenet_plus.mldr._config import ra_magnitude_table
 
     table = ra_magnitude_table(9, 31, 224)
     crops = _crops(photos, 2)

@@ -1,123 +1,27 @@
-"""ml-dr's reinforcement config and per-sample records, decoded into checked numpy arrays.
+"""ml-dr's per-sample records, decoded into checked numpy arrays.
 
-The facts this module encodes are documented with their sources in ``docs/ml-dr-format.md``.
-In short: ml-dr's ``config.pth.tar`` holds the run's YAML parameters; the transforms of
-``config["reinforce"]["image_augmentation"]`` run in the order of ml-dr's own table
-(``dr/transforms.py``), and each sample file holds ``(index, [{"params": p, "prob": (probs,
-ids)}] * NS)`` where ``p`` is ml-dr's *compressed* parameter list: for mixing variants first
-the partner's sample index (``None`` when neither MixUp nor CutMix applied), then one entry
-per transform with random parameters, in table order; when a partner exists each of these
-entries is a pair ``[own, partner's]`` (MixUp and CutMix excepted).
-
-:func:`parse_config` turns the config into a :class:`Layout` (which variant, which entries,
-which ranges); :func:`decode_sample` turns one sample file into :class:`SampleRecords`. Both
-are plain functions of picklable values, so decoding can run in worker processes.
+Each sample file holds ``(index, [{"params": p, "prob": (probs, ids)}] * NS)`` where ``p`` is
+ml-dr's *compressed* parameter list (``docs/ml-dr-format.md``): for mixing variants first the
+partner's sample index (``None`` when neither MixUp nor CutMix applied), then one entry per
+transform with random parameters, in the order of ml-dr's transform table; when a partner
+exists each of these entries is a pair ``[own, partner's]`` (MixUp and CutMix excepted).
+:func:`decode_sample` turns one sample file into :class:`SampleRecords` given the archive's
+:class:`~imagenet_plus.mldr._config.Layout`; it is a plain function of picklable values, so
+decoding can run in worker processes.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..errors import ImportFormatError
+from ._config import MLDR_RA_OPS, SIGNED_OPS, Layout
 from ._unpickle import load_torch_file
 
-__all__ = ["MLDR_RA_OPS", "TRANSFORM_ORDER", "VARIANTS", "DATASETS", "Layout", "SampleRecords",
-           "parse_config", "decode_records", "decode_sample", "decode_member", "ra_magnitude_table"]
-
-#: ml-dr's RandAugment op list (``dr/transforms.py``, ``RandAugment.op_names``); a stored op is
-#: an index into it. Same order as torchvision's ``RandAugment`` augmentation space.
-MLDR_RA_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
-               "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
-_SIGNED = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9})  # ShearX .. Sharpness
-
-#: ml-dr's transform table: transforms run in this order, whatever order the config lists them in.
-TRANSFORM_ORDER = ("uint8", "resize", "center_crop", "random_crop", "random_resized_crop",
-                   "random_horizontal_flip", "rand_augment", "to_tensor", "random_erase", "normalize",
-                   "mixup", "cutmix")
-_NO_PARAM = frozenset({"uint8", "center_crop", "to_tensor", "normalize"})
-_MIXING = ("mixup", "cutmix")
-_BASE = frozenset({"uint8", "random_horizontal_flip", "to_tensor", "normalize"})
-
-#: The published variants, by the set of enabled transforms (names as this package's presets).
-VARIANTS: dict[str, frozenset] = {
-    "rrc": _BASE | {"random_resized_crop"},
-    "rrc+mix": _BASE | {"random_resized_crop", "mixup", "cutmix"},
-    "rrc+ra/re": _BASE | {"random_resized_crop", "rand_augment", "random_erase"},
-    "rrc+mix+ra/re": _BASE | {"random_resized_crop", "rand_augment", "random_erase", "mixup", "cutmix"},
-    "cifar": _BASE | {"resize", "random_crop", "rand_augment", "random_erase"},
-}
-
-#: ml-dr's datasets (``data.py``): name -> (number of classes, training-set size).
-DATASETS = {"imagenet": (1000, 1281167), "cifar100": (100, 50000), "flowers102": (102, 1020),
-            "food101": (101, 75750)}
-
-# Options each transform's config may carry (ml-dr passes them to torchvision's constructor).
-_OPTIONS = {
-    "uint8": (), "to_tensor": (), "normalize": ("mean", "std"),
-    "resize": ("size",), "random_crop": ("size", "padding"),
-    "random_resized_crop": ("size", "scale", "ratio"), "random_horizontal_flip": ("p",),
-    "rand_augment": ("p", "num_ops", "magnitude", "num_magnitude_bins"),
-    "random_erase": ("p", "scale", "ratio", "value", "inplace"),
-    "mixup": ("alpha", "p", "div_by"), "cutmix": ("alpha", "p"),
-}
-# flowers102/food101 reinforce.yaml in apple/ml-dr spell RandomResizedCrop's key this way; see the docs.
-_ALIASES = {"random_resize_crop": "random_resized_crop"}
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What a config says about every record of an archive (picklable; built by :func:`parse_config`).
-
-    Attributes:
-        variant: one of :data:`VARIANTS`.
-        dataset: ml-dr's dataset name (``imagenet``, ``cifar100``, ``flowers102``, ``food101``).
-        num_classes: classes of the dataset (teacher ids lie in ``[0, num_classes)``).
-        num_augmentations: records per sample (ml-dr's ``num_samples``, NS).
-        topk: teacher entries per record (K).
-        size: output side S of the crop (224).
-        padding: the pad-crop's padding (``cifar``), else 0.
-        slots: the names of the compressed parameter list's entries, in order.
-        ra_num_ops, ra_magnitude, ra_num_bins, ra_p: RandAugment's settings (0 ops without it).
-        ra_table: the unsigned magnitude of each op at ``ra_magnitude`` (float32 values, as Python floats).
-        erase_p: RandomErasing's probability (None without it).
-        mixup: ``(alpha, p, div_by)`` or None; cutmix: ``(alpha, p)`` or None.
-        mean, std: Normalize's per-channel mean and std.
-        config_member: the archive member the config came from.
-    """
-
-    variant: str
-    dataset: str
-    num_classes: int
-    num_augmentations: int
-    topk: int
-    size: int
-    padding: int
-    slots: tuple
-    ra_num_ops: int
-    ra_magnitude: int
-    ra_num_bins: int
-    ra_p: float
-    ra_table: tuple
-    erase_p: float | None
-    mixup: tuple | None
-    cutmix: tuple | None
-    mean: tuple
-    std: tuple
-    config_member: str
-
-    @property
-    def geometry(self) -> str:
-        """``"rrc"`` (RandomResizedCrop) or ``"pad_crop"`` (resize, pad, random crop)."""
-        return "pad_crop" if self.variant == "cifar" else "rrc"
-
-    @property
-    def mixing(self) -> bool:
-        return self.mixup is not None or self.cutmix is not None
+__all__ = ["SampleRecords", "decode_records", "decode_sample", "decode_member"]
 
 
 @dataclass
@@ -160,151 +64,6 @@ class SampleRecords:
     partner_ra_magnitude: np.ndarray | None = None
     partner_erase: np.ndarray | None = None
 
-
-# ----------------------------------------------------------------------------- config
-def ra_magnitude_table(magnitude: int, num_bins: int, size: int) -> tuple:
-    """|magnitude| of each of the 14 ops at bin ``magnitude`` (torchvision's v1 RandAugment bins).
-
-    Computed in float32 with ``torch.linspace`` exactly as torchvision's
-    ``RandAugment._augmentation_space(num_bins, (size, size))``; ml-dr stores
-    ``float(bins[magnitude])``, negated for signed ops with probability 1/2.
-    """
-    import torch
-
-    lin = lambda hi, lo=0.0: float(torch.linspace(lo, hi, num_bins)[magnitude])  # noqa: E731
-    posterize = int((8 - (torch.arange(num_bins) / ((num_bins - 1) / 4)).round().int())[magnitude])
-    translate = lin(150.0 / 331.0 * size)
-    return (0.0, lin(0.3), lin(0.3), translate, translate, lin(30.0), lin(0.9), lin(0.9), lin(0.9), lin(0.9),
-            float(posterize), float(torch.linspace(255.0, 0.0, num_bins)[magnitude]), 0.0, 0.0)
-
-
-def _cfg_error(member: str, what: str) -> ImportFormatError:
-    return ImportFormatError(f"{member}: {what}. Known variants (ml-dr transforms enabled): "
-                             + "; ".join(f"{k}: {', '.join(t for t in TRANSFORM_ORDER if t in v)}"
-                                         for k, v in VARIANTS.items()) + ".")
-
-
-def _num(opts: Mapping, key: str, default, member: str, where: str, *, integer=False, low=None, high=None):
-    v = opts.get(key, default)
-    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (not integer or float(v) == int(v)) and (low is None or v >= low) and (high is None or v <= high)
-    if not ok:
-        lo, hi = ("-inf" if low is None else low), ("inf" if high is None else high)
-        raise _cfg_error(member, f"config option {where}.{key} = {v!r} is not "
-                                 f"{'an integer' if integer else 'a number'} in [{lo}, {hi}]")
-    return int(v) if integer else float(v)
-
-
-def _side(v, member: str, where: str) -> int:
-    if isinstance(v, (list, tuple)) and len(v) in (1, 2) and len(set(v)) == 1:
-        v = v[0]
-    if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0):
-        raise _cfg_error(member, f"config option {where}.size = {v!r} is not a square size (an int or [s, s])")
-    return int(v)
-
-
-def _enabled(aug: Mapping, member: str) -> dict:
-    out = {}
-    for key, opts in aug.items():
-        opts = {} if opts is None else opts
-        if not isinstance(opts, Mapping):
-            raise _cfg_error(member, f"image_augmentation.{key} is {opts!r}, not a mapping of options")
-        opts = dict(opts)
-        if not opts.pop("enable", True):  # ml-dr's clean_config drops disabled transforms
-            continue
-        key = _ALIASES.get(key, key)
-        if key not in _OPTIONS:
-            raise _cfg_error(member, f"image_augmentation holds transform {key!r}, which no published variant "
-                                     f"uses (ml-dr's transforms: {', '.join(TRANSFORM_ORDER)})")
-        extra = sorted(set(opts) - set(_OPTIONS[key]))
-        if extra:
-            raise _cfg_error(member, f"image_augmentation.{key} sets {extra}, options this importer does not "
-                                     f"know how to replay (known: {list(_OPTIONS[key])})")
-        out[key] = opts
-    return out
-
-
-def parse_config(config: Any, member: str = "config.pth.tar", *, num_augmentations: int | None = None) -> Layout:
-    """Check an ml-dr config (the object in ``config.pth.tar``) and return its :class:`Layout`.
-
-    Args:
-        config: the unpickled config (a dict of ml-dr's YAML ``parameters``).
-        member: the archive member it came from (named in errors).
-        num_augmentations: override the records-per-sample count the config states.
-
-    Returns:
-        The archive's layout.
-
-    Raises:
-        ImportFormatError: not an ml-dr reinforcement config, uncompressed or joblib records,
-            or a set of transforms/options that is not one of :data:`VARIANTS`.
-    """
-    rein = config.get("reinforce") if isinstance(config, Mapping) else None
-    if not isinstance(rein, Mapping) or not isinstance(rein.get("image_augmentation"), Mapping):
-        raise _cfg_error(member, "is not an ml-dr reinforcement config (no reinforce.image_augmentation mapping)")
-    if rein.get("compress", True) is not True or rein.get("joblib", False):
-        raise _cfg_error(member, f"records were written with reinforce.compress={rein.get('compress')!r}, "
-                                 f"joblib={rein.get('joblib')!r}; only the published format (compress=true, "
-                                 f"joblib=false) is supported")
-    dataset = str(config.get("dataset", "imagenet")).lower()
-    if dataset not in DATASETS:
-        raise _cfg_error(member, f"dataset {dataset!r} is not one of ml-dr's {sorted(DATASETS)}")
-    num_classes = DATASETS[dataset][0]
-    if config.get("num_classes", num_classes) != num_classes:
-        raise _cfg_error(member, f"num_classes {config.get('num_classes')!r} differs from {dataset}'s {num_classes}")
-    ns = rein.get("num_samples") if num_augmentations is None else num_augmentations
-    ns = _num({"num_samples": ns}, "num_samples", None, member, "reinforce", integer=True, low=1)
-    topk = _num(rein, "topk", None, member, "reinforce", integer=True, low=1, high=num_classes)
-    t = _enabled(rein["image_augmentation"], member)
-    variant = next((k for k, v in VARIANTS.items() if v == frozenset(t)), None)
-    if variant is None:
-        raise _cfg_error(member, f"enabled transforms {[n for n in TRANSFORM_ORDER if n in t]} are not a "
-                                 f"published variant")
-    return _layout(t, variant, dataset, num_classes, ns, topk, member)
-
-
-def _layout(t: dict, variant: str, dataset: str, num_classes: int, ns: int, topk: int, member: str) -> Layout:
-    padding = 0
-    if variant == "cifar":
-        size = _side(t["random_crop"].get("size"), member, "random_crop")
-        padding = _num(t["random_crop"], "padding", 0, member, "random_crop", integer=True, low=0)
-        if _side(t["resize"].get("size"), member, "resize") != size:
-            raise _cfg_error(member, "resize.size differs from random_crop.size")
-    else:
-        size = _side(t["random_resized_crop"].get("size"), member, "random_resized_crop")
-    norm = t["normalize"]
-    mean, std = norm.get("mean"), norm.get("std")
-    ok = all(isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, numbers.Real) for x in v)
-             for v in (mean, std)) and all(x > 0 for x in std)
-    if not ok:
-        raise _cfg_error(member, f"normalize needs 3-channel mean and positive std, got {mean!r}, {std!r}")
-    ra = t.get("rand_augment")
-    num_ops = magnitude = bins = 0
-    ra_p, table = 0.0, ()
-    if ra is not None:
-        num_ops = _num(ra, "num_ops", 2, member, "rand_augment", integer=True, low=1, high=16)
-        bins = _num(ra, "num_magnitude_bins", 31, member, "rand_augment", integer=True, low=2, high=1000)
-        magnitude = _num(ra, "magnitude", 9, member, "rand_augment", integer=True, low=0, high=bins - 1)
-        ra_p = _num(ra, "p", 1.0, member, "rand_augment", low=0.0, high=1.0)
-        table = ra_magnitude_table(magnitude, bins, size)
-    erase_p = None
-    if "random_erase" in t:
-        erase_p = _num(t["random_erase"], "p", 0.5, member, "random_erase", low=0.0, high=1.0)
-    mixup = cutmix = None
-    if "mixup" in t:
-        m = t["mixup"]
-        mixup = (_num(m, "alpha", 1.0, member, "mixup", low=0.0), _num(m, "p", 1.0, member, "mixup", low=0.0,
-                 high=1.0), _num(m, "div_by", 1.0, member, "mixup", low=1.0))
-    if "cutmix" in t:
-        c = t["cutmix"]
-        cutmix = (_num(c, "alpha", 1.0, member, "cutmix", low=0.0), _num(c, "p", 1.0, member, "cutmix", low=0.0,
-                  high=1.0))
-    slots = (("id2",) if (mixup or cutmix) else ()) + tuple(n for n in TRANSFORM_ORDER
-                                                             if n in t and n not in _NO_PARAM)
-    return Layout(variant=variant, dataset=dataset, num_classes=num_classes, num_augmentations=ns, topk=topk,
-                  size=size, padding=padding, slots=slots, ra_num_ops=num_ops, ra_magnitude=magnitude,
-                  ra_num_bins=bins, ra_p=ra_p, ra_table=table, erase_p=erase_p, mixup=mixup, cutmix=cutmix,
-                  mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std), config_member=member)
 
 
 # ----------------------------------------------------------------------------- records
@@ -406,7 +165,7 @@ def _decode_ra(entries: list, ctx: _Ctx) -> tuple[np.ndarray, np.ndarray]:
     ok = (ops == np.round(ops)) & (ops >= 0) & (ops < len(MLDR_RA_OPS))
     op_i = np.where(ok, ops, 0).astype(np.int64)
     expected = np.asarray(lay.ra_table, dtype=np.float64)[op_i]
-    ok &= (mags == expected) | (np.isin(op_i, list(_SIGNED)) & (mags == -expected))
+    ok &= (mags == expected) | (np.isin(op_i, list(SIGNED_OPS)) & (mags == -expected))
     if not ok.all():
         j = _first_bad(ok)
         raise gctx.error(j, f"each RandAugment pair must be an op index in [0, 14) and that op's magnitude at bin "
