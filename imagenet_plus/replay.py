@@ -118,13 +118,7 @@ def original_params(policy, seed: int, store_index, epoch: int, heights, widths,
     """
     derived = int(_rng.record_keys(seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
     i = np.asarray(store_index, dtype=np.int64).reshape(-1)
-    params = policy.sample(derived, i, np.full_like(i, epoch), heights, widths, num_samples)
-    for name in ("mix_partner", "mix_kind", "mix_box"):
-        if name in params:
-            params[name] = np.zeros_like(params[name])
-    if "mix_lam" in params:
-        params["mix_lam"] = np.full_like(params["mix_lam"], 65535)
-    return params
+    return policy.sample(derived, i, np.full_like(i, epoch), heights, widths, num_samples, mix=False)
 
 
 def _row(params: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
@@ -260,12 +254,14 @@ class ReplaySource:
         return params, ids, probs
 
     def partners(self, plan: Plan, params: Mapping[str, np.ndarray]) -> tuple[list, dict | None]:
-        """Partner images and their own stored params ``(p, j)`` for the records that mix."""
+        """Partner images and their own params (record ``(p, j)``, or the record's own ``partner_*``) where records mix."""
         mixes = _mixes(self.policy, params) & ~plan.original
         if not mixes.any():
             return [None] * len(plan.index), None
         p = np.asarray(params["mix_partner"], dtype=np.int64).reshape(-1)
-        pparams = self.store.params_batch(np.where(mixes, p, 0), np.where(mixes, plan.aug, 0))
+        pparams = self.policy.partner_params(params)  # the ml-dr flavour: carried by the record itself
+        if pparams is None:
+            pparams = self.store.params_batch(np.where(mixes, p, 0), np.where(mixes, plan.aug, 0))
         images = [self.load(self.dataset_index(p[b]), p[b]).image if m else None for b, m in enumerate(mixes)]
         return images, pparams
 

@@ -22,6 +22,10 @@ Keys (sections set to ``None`` are switched off)::
     erasing       {"p": 0.25, "scale": [0.02, 0.33], "ratio": [0.3, 3.3], "value": 0}
     mix           {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 1.0}
     mean, std     normalisation constants (3 floats each; ImageNet's by default)
+    flavour       absent (torchvision's semantics) or "ml-dr": apple/ml-dr's replay semantics
+                  (PIL crops, MixUp then CutMix on normalised floats with the partner's params
+                  stored inline; its "mix" section has other keys): see
+                  :mod:`imagenet_plus.augment.mldr`. Configs without it are unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 
 from ..errors import PolicyError
 
-__all__ = ["PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "RA_OPS", "resolve_config"]
+__all__ = ["PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "RA_OPS", "FLAVOURS", "resolve_config"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,7 +73,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar": _preset("cifar", _PAD_CROP, _RA, _RE, None),
 }
 
-_TOP_KEYS = ("name", "output_size", "geometry", "hflip", "randaugment", "erasing", "mix", "mean", "std")
+_TOP_KEYS = ("name", "output_size", "geometry", "hflip", "randaugment", "erasing", "mix", "mean", "std", "flavour")
+#: Values of the ``flavour`` key: torchvision's semantics (the key absent) or apple/ml-dr's.
+FLAVOURS = ("torchvision", "ml-dr")
 _SECTION_DEFAULTS = {"randaugment": _RA, "erasing": _RE, "mix": _MIX}
 _GEOMETRY_DEFAULTS = {"rrc": _RRC, "pad_crop": _PAD_CROP}
 
@@ -171,6 +177,9 @@ def _validate(cfg: dict) -> dict:
     if not isinstance(name, str):
         raise _fail("name", name, "a string")
     out["name"] = name
+    flavour = _choice("flavour", cfg.get("flavour", "torchvision"), FLAVOURS)
+    if flavour != "torchvision":  # only recorded when set: every torchvision-flavour config stays as it was
+        out["flavour"] = flavour
     size = out["output_size"] = _num("output_size", cfg.get("output_size", 224), 8, 4096, integer=True)
 
     geo = cfg.get("geometry")
@@ -210,8 +219,13 @@ def _validate(cfg: dict) -> dict:
         re["value"] = _num("erasing.value", re["value"], 0, 255, integer=True)
     out["erasing"] = re
 
-    mix = _section(cfg, "mix", _MIX)
-    if mix is not None:
+    if flavour == "ml-dr":
+        from .mldr import check_config
+
+        mix = check_config(cfg, out)
+    else:
+        mix = _section(cfg, "mix", _MIX)
+    if mix is not None and flavour == "torchvision":
         mix["mixup_alpha"] = _num("mix.mixup_alpha", mix["mixup_alpha"], 0.0, 100.0)
         mix["cutmix_alpha"] = _num("mix.cutmix_alpha", mix["cutmix_alpha"], 0.0, 100.0)
         if mix["mixup_alpha"] == 0 and mix["cutmix_alpha"] == 0:

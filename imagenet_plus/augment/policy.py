@@ -119,8 +119,8 @@ class Policy:
         return hash(json.dumps(self._config, sort_keys=True))
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, seed: int, sample_idx, aug_idx, heights, widths, num_samples: int | None = None
-               ) -> dict[str, np.ndarray]:
+    def sample(self, seed: int, sample_idx, aug_idx, heights, widths, num_samples: int | None = None, *,
+               mix: bool = True) -> dict[str, np.ndarray]:
         """Draw the parameters of records ``(sample_idx, aug_idx)`` (broadcast together, flattened).
 
         Args:
@@ -130,6 +130,8 @@ class Policy:
             heights: source image heights, one per record (broadcast).
             widths: source image widths, one per record (broadcast).
             num_samples: dataset size; required by mixing policies (partner draw).
+            mix: ``False``: records that never mix (original images' augmentations): every
+                single-image field is drawn as usual, the mixing fields say "no mix".
 
         Returns:
             ``{field.name: array [N, *field.shape] of field.dtype}``.
@@ -144,7 +146,7 @@ class Policy:
             raise PolicyError(f"Policy.sample: heights/widths must be >= 1, got min {H.min()} x {W.min()}")
         if n and (i.min() < 0 or j.min() < 0):
             raise PolicyError("Policy.sample: sample_idx and aug_idx must be >= 0")
-        records = Records(seed, i, j, H, W, num_samples)
+        records = Records(seed, i, j, H, W, num_samples, bool(mix))
         out: dict[str, np.ndarray] = {}
         for stage in self.stages:
             stage.sample(records, out)
@@ -234,14 +236,23 @@ class Policy:
             params: the records' params, each ``[B, *field.shape]`` (numpy or CPU tensors).
             partners: uint8 ``[B, 3, S, S]``, the partners' crops (mixing policies; rows of
                 records that do not mix are ignored, zeros are fine).
-            partner_params: the partners' own params (same layout as ``params``).
+            partner_params: the partners' own params (same layout as ``params``; default, for
+                policies whose records carry them, :meth:`partner_params`).
 
         Returns:
-            uint8 ``[B, 3, S, S]`` on ``images.device``.
+            uint8 ``[B, 3, S, S]`` on ``images.device``. (A policy that mixes on normalised floats,
+            the ``ml-dr`` flavour, rounds its blend here: this is for previews and teacher reruns;
+            training images come from :meth:`finish_normalized`.)
 
         Raises:
             PolicyError: bad images, params this policy cannot replay, missing partners.
         """
+        x, batch = self._prepare(images, params, partners, partner_params)
+        return self._finish(x, batch)
+
+    def _prepare(self, images: torch.Tensor, params: Mapping[str, Any], partners: torch.Tensor | None,
+                 partner_params: Mapping[str, Any] | None) -> tuple[torch.Tensor, Batch]:
+        """Check a batch for :meth:`finish`; attach the partners' rows where records mix."""
         S = self.output_size
         if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, S, S):
             raise PolicyError(f"Policy.finish: images must be uint8 [B, 3, {S}, {S}], got {images.dtype} "
@@ -251,6 +262,8 @@ class Policy:
             raise PolicyError(f"Policy.finish: params hold {batch.own} records but images {images.shape[0]}")
         x = images
         if self._mixing is not None and self._mixing.mixes(batch):
+            if partner_params is None:
+                partner_params = self.partner_params(params)
             if partners is None or partner_params is None:
                 raise PolicyError("Policy.finish: records mix with a partner but no partner image/params were "
                                   "given; pass partners= and partner_params= (record (mix_partner, j))")
@@ -259,12 +272,47 @@ class Policy:
                                   f"{partners.dtype} {tuple(partners.shape)}")
             batch = batch.with_partners(self._batch(partner_params, "Policy.finish partner_params"))
             x = torch.cat([images, upload(partners, images.device)])
-        return self._finish(x, batch)
+        return x, batch
 
     def _finish(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         for stage in self.stages:
             x = stage.finish(x, batch)
         return x
+
+    def _finish_normalized(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        blend = getattr(self._mixing, "finish_normalized", None)
+        if blend is None:
+            return self.normalize(self._finish(x, batch))
+        for stage in self.stages[:-1]:  # the mixing stage is the last one
+            x = stage.finish(x, batch)
+        return blend(self.normalize(x), batch)
+
+    def partner_params(self, params: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """The partners' own params where the records carry them (the ``ml-dr`` flavour), else ``None``.
+
+        ``None`` means: the partner of record ``(i, j)`` is the stored record ``(mix_partner, j)``;
+        read its params from the store. The dict has every field of this policy, shaped as ``params``.
+        """
+        return None if self._mixing is None else self._mixing.partner_params(params)
+
+    def _one(self, image, params: Mapping[str, Any], partner_image, partner_params, what: str
+             ) -> tuple[torch.Tensor, Batch]:
+        """One record cropped (with its partner's crop where it mixes), ready for the finishing stages."""
+        batch = self._batch(params, f"{what} params")
+        if batch.own != 1:
+            raise PolicyError(f"{what} replays one record, got params of {batch.own}; use crop and "
+                              "finish for a batch")
+        x = self.crop(image, params)[None]
+        if self._mixing is not None and self._mixing.mixes(batch):
+            if partner_params is None:
+                partner_params = self.partner_params(params)
+            if partner_image is None or partner_params is None:
+                raise PolicyError(f"{what}: record mixes with sample {int(batch.fields['mix_partner'][0])} "
+                                  "(mix_kind != 0); pass partner_image= (that sample's decoded image) and "
+                                  "partner_params= (its stored params for the same augmentation index)")
+            batch = batch.with_partners(self._batch(partner_params, f"{what} partner_params"))
+            x = torch.cat([x, self.crop(partner_image, partner_params)[None]])
+        return x, batch
 
     def apply(self, image, params: Mapping[str, Any], partner_image=None,
               partner_params: Mapping[str, Any] | None = None) -> torch.Tensor:
@@ -274,33 +322,26 @@ class Policy:
             image: the decoded source image (PIL, any supported mode, or uint8 ``[3, H, W]``).
             params: the record's params (one record).
             partner_image: mixing policies: the decoded image of sample ``params["mix_partner"]``.
-            partner_params: mixing policies: the stored params of record ``(mix_partner, j)``.
+            partner_params: mixing policies: the stored params of record ``(mix_partner, j)`` (default,
+                for policies whose records carry them, :meth:`partner_params`).
 
         Returns:
             uint8 ``[3, S, S]``.
         """
-        batch = self._batch(params, "Policy.apply params")
-        if batch.own != 1:
-            raise PolicyError(f"Policy.apply replays one record, got params of {batch.own}; use crop and "
-                              "finish for a batch")
-        x = self.crop(image, params)[None]
-        if self._mixing is not None and self._mixing.mixes(batch):
-            if partner_image is None or partner_params is None:
-                raise PolicyError(f"Policy.apply: record mixes with sample {int(batch.fields['mix_partner'][0])} "
-                                  "(mix_kind != 0); pass partner_image= (that sample's decoded image) and "
-                                  "partner_params= (its stored params for the same augmentation index)")
-            batch = batch.with_partners(self._batch(partner_params, "Policy.apply partner_params"))
-            x = torch.cat([x, self.crop(partner_image, partner_params)[None]])
+        x, batch = self._one(image, params, partner_image, partner_params, "Policy.apply")
         return self._finish(x, batch)[0]
 
     def finish_normalized(self, images: torch.Tensor, params: Mapping[str, Any], partners: torch.Tensor | None = None,
                           partner_params: Mapping[str, Any] | None = None) -> torch.Tensor:
-        """:meth:`finish` then :meth:`normalize`: the float32 training images of a batch (every replay path calls this).
+        """The float32 training images of a batch (every replay path calls this): :meth:`finish`, normalised.
 
-        A policy whose last stage works on normalised floats (e.g. a MixUp blended without rounding)
-        overrides the split; for the others it is exactly ``normalize(finish(...))``.
+        For most policies exactly ``normalize(finish(...))``. A policy whose mixing works on
+        normalised floats (the ``ml-dr`` flavour: MixUp ``lam * x + (1 - lam) * x2`` without
+        rounding, then CutMix) runs every other stage on uint8, normalises own and partner
+        images, then blends.
         """
-        return self.normalize(self.finish(images, params, partners, partner_params))
+        x, batch = self._prepare(images, params, partners, partner_params)
+        return self._finish_normalized(x, batch)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 ``[..., 3, H, W]`` -> float32, ``(x / 255 - mean) / std``."""
@@ -311,8 +352,9 @@ class Policy:
         return x.to(torch.float32).mul_(scale).sub_(shift)
 
     def __call__(self, image, params, partner_image=None, partner_params=None) -> torch.Tensor:
-        """``normalize(apply(...))``."""
-        return self.normalize(self.apply(image, params, partner_image, partner_params))
+        """One record's float32 training image: :meth:`apply`, normalised as :meth:`finish_normalized` does."""
+        x, batch = self._one(image, params, partner_image, partner_params, "Policy.__call__")
+        return self._finish_normalized(x, batch)[0]
 
 
 def create_policy(name_or_config: str | dict | Policy, **overrides) -> Policy:

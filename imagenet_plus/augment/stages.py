@@ -37,7 +37,7 @@ from . import sampling as _s
 from .config import RA_OPS
 
 __all__ = ["Records", "Batch", "Slot", "Stage", "ResizedCrop", "PadCrop", "Flip", "RandAugment", "Erasing",
-           "Mixing", "pack_slots", "create_stages"]
+           "Mixing", "pack_slots", "create_stages", "write_unmixed"]
 
 MAX_PARTNER = 2**32 - 1
 _OPS_DOC = "bit 0 flip; per RandAugment op: 4 bits op id, 1 bit negative magnitude"
@@ -45,7 +45,8 @@ _OPS_DOC = "bit 0 flip; per RandAugment op: 4 bits op id, 1 bit negative magnitu
 
 @dataclass(frozen=True)
 class Records:
-    """The records ``sample`` draws for: flat int64 arrays ``[N]`` and the dataset size."""
+    """The records ``sample`` draws for: flat int64 arrays ``[N]``, the dataset size, and whether they may mix
+    (``mix=False``: original images' augmentations, which a mixing stage leaves unmixed)."""
 
     seed: int
     sample_idx: np.ndarray
@@ -53,6 +54,7 @@ class Records:
     heights: np.ndarray
     widths: np.ndarray
     num_samples: int | None = None
+    mix: bool = True
 
     @property
     def size(self) -> int:
@@ -189,7 +191,8 @@ class ResizedCrop(Stage):
         out["crop"] = np.stack([_s.quantize(box[:, 0], H), _s.quantize(box[:, 1], W),
                                 _s.quantize(box[:, 2], H), _s.quantize(box[:, 3], W)], axis=1)
 
-    def crop(self, x, params: Mapping[str, Any]) -> torch.Tensor:
+    def box(self, x, params: Mapping[str, Any]) -> tuple[int, int, int, int]:
+        """The stored box in pixels of image ``x``: ``(top, left, height, width)``, clipped to the image."""
         q = host(params["crop"]).reshape(-1).tolist()  # Python ints: exact, no per-call numpy overhead
         if len(q) != 4:
             raise PolicyError(f"Policy.crop: 'crop' must hold 4 values for rrc, got {len(q)}")
@@ -199,6 +202,10 @@ class ResizedCrop(Stage):
         w = min(max(_s.dequantize(qw, W), 1), W)
         top = min(max(_s.dequantize(qt, H), 0), H - h)
         left = min(max(_s.dequantize(ql, W), 0), W - w)
+        return top, left, h, w
+
+    def crop(self, x, params: Mapping[str, Any]) -> torch.Tensor:
+        top, left, h, w = self.box(x, params)
         if isinstance(x, torch.Tensor):
             region = x[:, top:top + h, left:left + w]
         else:
@@ -242,7 +249,8 @@ class PadCrop(Stage):
                               "crop the images")
         out["crop"] = crop
 
-    def crop(self, x, params: Mapping[str, Any]) -> torch.Tensor:
+    def offsets(self, x, params: Mapping[str, Any]) -> tuple[int, int, int, int]:
+        """``(top, left, resized height, resized width)`` of the stored crop of image ``x`` (checked to fit)."""
         off = host(params["crop"]).reshape(-1).tolist()
         if len(off) != 2:
             raise PolicyError(f"Policy.crop: 'crop' must hold 2 values for pad_crop, got {len(off)}")
@@ -253,8 +261,17 @@ class PadCrop(Stage):
         if top > rh + 2 * p - S or left > rw + 2 * p - S:
             raise PolicyError(f"Policy.crop: pad_crop offset ({top}, {left}) does not fit a {rh}x{rw} image "
                               f"padded by {p}; the params do not belong to this image")
+        return top, left, rh, rw
+
+    def crop(self, x, params: Mapping[str, Any]) -> torch.Tensor:
+        top, left, rh, rw = self.offsets(x, params)
         resized = F.resize(_as_tensor(x), [rh, rw], interpolation=self.interpolation,
                            antialias=self.config["antialias"])
+        return self.pad_and_crop(resized, top, left)
+
+    def pad_and_crop(self, resized: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        """Pad the resized uint8 ``[3, h, w]`` image by ``padding`` (``fill``) and cut the S x S crop at (top, left)."""
+        S, p = self.size, self.config["padding"]
         padded = F.pad(resized, [p], fill=self.config["fill"]) if p else resized
         return padded[:, top:top + S, left:left + S]
 
@@ -398,6 +415,9 @@ class Mixing(Stage):
 
     def sample(self, records: Records, out: dict[str, np.ndarray]) -> None:
         i, n, m = records.sample_idx, records.size, self.config
+        if not records.mix:
+            write_unmixed(out, n, lam=65535)
+            return
         _check_num_samples(records)
         u = records.uniforms(3, self.STREAM_CHOICE)
         apply = u[:, 0] < m["prob"]
@@ -432,6 +452,10 @@ class Mixing(Stage):
         """Whether any of the batch's own records mixes with a partner (partners are then needed)."""
         return bool((batch.fields["mix_kind"][:batch.own] != 0).any())
 
+    def partner_params(self, params: Mapping[str, Any]) -> dict | None:
+        """The partners' own params when the records carry them; ``None``: the partner of (i, j) is record (p, j)."""
+        return None
+
     def finish(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         B = batch.own
         if batch.rows == B:  # no partners attached: nothing mixes
@@ -439,6 +463,14 @@ class Mixing(Stage):
         f = batch.fields
         lam = f["mix_lam"][:B].astype(np.float32) / np.float32(65535.0)
         return _ops.mix(x[:B], x[B:], f["mix_kind"][:B], lam, f["mix_box"][:B])
+
+
+def write_unmixed(out: dict[str, np.ndarray], n: int, lam: int) -> None:
+    """The mixing fields of ``n`` records that do not mix: partner 0, kind 0, ``mix_lam`` = ``lam``, no box."""
+    out["mix_partner"] = np.zeros(n, np.int64)
+    out["mix_kind"] = np.zeros(n, np.int64)
+    out["mix_lam"] = np.full(n, lam, np.int64)
+    out["mix_box"] = np.zeros((n, 4), np.int64)
 
 
 def _check_num_samples(records: Records) -> None:
@@ -482,6 +514,10 @@ def pack_slots(stages: list[Stage], name: str = "ops") -> Field | None:
 
 def create_stages(config: dict) -> list[Stage]:
     """The stages of a complete config (see :func:`~imagenet_plus.augment.config.resolve_config`), in order."""
+    if config.get("flavour") == "ml-dr":
+        from .mldr import create_mldr_stages
+
+        return create_mldr_stages(config)
     size = config["output_size"]
     geometry = config["geometry"]
     stages: list[Stage] = [GEOMETRY[geometry["kind"]](geometry, size), Flip(config["hflip"])]

@@ -136,10 +136,12 @@ class ReplayTransform:
                 raise AlignmentError(f"partners[{p[b]}] has index {prow['index']}; pass the full dataset, unshuffled "
                                      "and unfiltered, as partners=")
             rows.append(prow)
-        pparams, _, _ = self._records(rows, p[mixes], aug[mixes])
-        full = {k: np.zeros((len(p), *v.shape[1:]), dtype=v.dtype) for k, v in pparams.items()}
-        for k in full:
-            full[k][mixes] = pparams[k]
+        full = self.policy.partner_params(params)  # the ml-dr flavour: carried by the record itself
+        if full is None:
+            pparams, _, _ = self._records(rows, p[mixes], aug[mixes])
+            full = {k: np.zeros((len(p), *v.shape[1:]), dtype=v.dtype) for k, v in pparams.items()}
+            for k in full:
+                full[k][mixes] = pparams[k]
         images = [None] * len(p)
         for b, prow in zip(np.flatnonzero(mixes), rows):
             images[b] = self._image(prow, int(p[b]))
