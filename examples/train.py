@@ -378,6 +378,7 @@ class Trainer:
             out["test_ema"] = self._evaluate(self.ema.module)
         return out
 
+    @torch.no_grad()
     def _evaluate(self, model: torch.nn.Module) -> dict:
         was = model.training
         model.eval()
