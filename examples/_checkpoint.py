@@ -20,7 +20,7 @@ from safetensors.torch import save as save_tensors
 
 from imagenet_plus._files import atomic_write
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "save_weights"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load_pretrained"]
 
 FORMAT = "imagenet-plus-train-checkpoint/1"
 
@@ -118,3 +118,34 @@ def save_weights(path: str | Path, model: torch.nn.Module, sidecar: dict) -> Non
     weights = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     atomic_write(path, [save_tensors(weights)])
     atomic_write(path.with_suffix(".json"), [(json.dumps(sidecar, indent=1) + "\n").encode("utf-8")])
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Load fine-tuning weights (e.g. another run's ``model.safetensors``) into ``model``.
+
+    Entries whose shape differs from the model's (the classifier of another class count)
+    are skipped and stay freshly initialised; every other model entry must be present.
+
+    Returns:
+        The names of the skipped entries.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the weights lack entries of the model or hold entries it does not have.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.checkpoint {path} does not exist; point it to a .safetensors file of "
+                                "pretrained weights (e.g. OUT/model.safetensors of an ImageNet run)")
+    weights = load_file(str(path))
+    own = model.state_dict()
+    skipped = sorted(k for k in weights if k in own and weights[k].shape != own[k].shape)
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"model.checkpoint {path} does not fit the model: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}; use weights of the same architecture (model.name)")
+    model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
+    return skipped

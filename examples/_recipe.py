@@ -25,7 +25,9 @@ Keys (see :data:`DEFAULTS` for the defaults)::
     reinforcements      plus: the store (folder or Hub id); num_augmentations, p_original
     teacher.models      kd: timm names of the online teacher (an ensemble when several),
     teacher.checkpoints     their safetensors weights, pretrained, input_size
-    model.name          student: timm name or "cnn:WIDTHxDEPTH"; model.kwargs to timm
+    model.name          student: timm name or "cnn:WIDTHxDEPTH"; model.kwargs to timm;
+    model.checkpoint    fine-tuning: start from these safetensors weights (a classifier of
+                        another shape is left freshly initialised); model.pretrained: timm's weights
     epochs, batch_size  batch_size is global (divided over torchrun ranks)
     optimizer           timm create_optimizer_v2: name, lr, weight_decay, momentum,
                         filter_bias_and_bn, kwargs
@@ -67,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "num_augmentations": None,
     "p_original": 0.01,
     "teacher": {"models": [], "checkpoints": [], "pretrained": True, "input_size": None},
-    "model": {"name": None, "kwargs": {}},
+    "model": {"name": None, "pretrained": False, "checkpoint": None, "kwargs": {}},
     "epochs": 1,
     "batch_size": 256,
     "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "filter_bias_and_bn": False,
@@ -86,7 +88,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # Keys whose value is free-form (checked by the code that uses it).
-_FREE = {"policy", "model.kwargs", "optimizer.kwargs", "reinforcements", "data.root", "teacher.input_size"}
+_FREE = {"policy", "model.kwargs", "optimizer.kwargs", "reinforcements", "data.root", "teacher.input_size",
+         "model.checkpoint"}
 # Keys that are null by default and hold a number (or null) when set.
 _OPTIONAL_NUMBER = {"data.train_samples", "num_augmentations", "grad_clip", "teacher.input_size"}
 _CHOICES = {"data.dataset": DATASETS, "amp": ("bf16", "off"), "data.device": ("cpu", "cuda")}

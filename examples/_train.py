@@ -76,7 +76,8 @@ def create_model(spec: str, num_classes: int, **kwargs) -> nn.Module:
         return SmallCNN(num_classes, width=width, depth=depth, **kwargs)
     import timm
 
-    return timm.create_model(spec, pretrained=False, num_classes=num_classes, **kwargs)
+    kwargs.setdefault("pretrained", False)
+    return timm.create_model(spec, num_classes=num_classes, **kwargs)
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, num_bins: int = 15) -> float:

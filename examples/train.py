@@ -56,7 +56,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
-from _checkpoint import load_checkpoint, save_checkpoint, save_weights  # noqa: E402
+from _checkpoint import load_checkpoint, load_pretrained, save_checkpoint, save_weights  # noqa: E402
 from _data import (EvalDataset, RandomAugmentDataset, Repeat, create_base, create_teacher,  # noqa: E402
                    denormalize_to_uint8, mix_batch, subset_first, uint8_identity)
 from _recipe import load_recipe, parse_override, recipe_digest  # noqa: E402
@@ -260,7 +260,13 @@ class Trainer:
 
         r = self.r
         torch.manual_seed(r["seed"])
-        self.model = create_model(r["model"]["name"], self.num_classes, **r["model"]["kwargs"]).to(self.device)
+        m = r["model"]
+        kwargs = {**m["kwargs"], **({"pretrained": True} if m["pretrained"] else {})}
+        self.model = create_model(m["name"], self.num_classes, **kwargs)
+        self.dropped: list[str] = []
+        if m["checkpoint"]:
+            self.dropped = load_pretrained(self.model, m["checkpoint"])
+        self.model = self.model.to(self.device)
         if self.cuda and r["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
         o = r["optimizer"]
@@ -486,7 +492,8 @@ def main(argv=None) -> dict:
     else:
         _log({"event": "start", "mode": recipe["mode"], "out": str(out), "world_size": d.world,
               "device": str(d.device), "steps_per_epoch": trainer.steps_per_epoch, "epochs": recipe["epochs"],
-              "train_samples": len(trainer.train_set), "policy": trainer.policy.name}, d)
+              "train_samples": len(trainer.train_set), "policy": trainer.policy.name,
+              "fine_tuned_from": recipe["model"]["checkpoint"], "reinitialised": trainer.dropped}, d)
     for epoch in range(start, recipe["epochs"]):
         record = {"epoch": epoch + 1, "mode": recipe["mode"], **trainer.train_epoch(epoch), **trainer.evaluate()}
         history.append(record)

@@ -161,6 +161,28 @@ def test_mix_batch_matches_timm_mixup_and_cutmix_area():
     assert _data.mix_batch(x, y, off, seed=1, epoch=2, step=3)[0] is x
 
 
+def test_fine_tuning_weights_keep_everything_but_a_classifier_of_another_size(tmp_path):
+    from safetensors.torch import save_file
+
+    from _checkpoint import load_pretrained
+    from _train import create_model
+
+    torch.manual_seed(0)
+    src = create_model("cnn:8x2", 7)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    torch.manual_seed(1)
+    dst = create_model("cnn:8x2", 10)
+    fresh_fc = dst.fc.weight.detach().clone()
+    assert load_pretrained(dst, tmp_path / "w.safetensors") == ["fc.bias", "fc.weight"]
+    got, want = dst.state_dict(), src.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want if not k.startswith("fc."))
+    assert torch.equal(dst.fc.weight, fresh_fc)
+    with pytest.raises(ValueError, match="does not fit the model: missing"):
+        load_pretrained(create_model("cnn:8x3", 10), tmp_path / "w.safetensors")
+    with pytest.raises(FileNotFoundError, match="model.checkpoint"):
+        load_pretrained(dst, tmp_path / "nope.safetensors")
+
+
 def test_classification_metrics_by_hand():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]]))
     labels = torch.tensor([0, 1, 1, 2])
