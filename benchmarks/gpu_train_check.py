@@ -20,6 +20,12 @@ Needs no network and no dataset:
 Prints one JSON object: per mode the images/s of every epoch and of the last one (the
 first includes worker start-up and cuDNN autotuning), and ``plus_over_erm``, the ratio of
 the last epochs' images/s (1.0 = reinforced data costs what ordinary data costs).
+
+Measured once, on one NVIDIA H200 (torch 2.11, timm 1.0.29, 16 cores), default settings:
+480 photos in 10 classes, 101 steps per epoch, 85 s in all; last epoch ERM 3,381 img/s,
+Plus 3,308 img/s, ``plus_over_erm`` 0.98 (data wait 0.7-0.8 s of 7.6-7.8 s epochs: GPU-bound).
+The store's teacher is random, so the Plus student's accuracy is meaningless here; the
+ERM student learns the photos' classes (89% top-1).
 """
 
 from __future__ import annotations

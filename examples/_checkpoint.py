@@ -39,7 +39,8 @@ def _optimizer_parts(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _cpu(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     # clone: safetensors refuses tensors sharing storage (tied weights)
-    return {f"{prefix}/{k}": v.detach().to("cpu").clone() for k, v in state.items()}
+    return {f"{prefix}/{k}": v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+            for k, v in state.items()}
 
 
 def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -115,7 +116,8 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
 def save_weights(path: str | Path, model: torch.nn.Module, sidecar: dict) -> None:
     """The trained weights as safetensors plus a JSON sidecar (``builders/teachers.py`` reads both)."""
     path = Path(path)
-    weights = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+               for k, v in model.state_dict().items()}
     atomic_write(path, [save_tensors(weights)])
     atomic_write(path.with_suffix(".json"), [(json.dumps(sidecar, indent=1) + "\n").encode("utf-8")])
 
