@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from imagenet_plus.errors import ArgumentError
+
 __all__ = ["create_base", "load_image", "EvalDataset", "RandomAugmentDataset", "Repeat", "mix_batch",
            "create_teacher", "uint8_identity", "denormalize_to_uint8"]
 
@@ -231,18 +233,25 @@ def create_teacher(teacher: dict, num_classes: int, device: torch.device):
     """The online KD teacher of a recipe's ``teacher`` section: uint8 ``[B,3,S,S]`` -> probabilities ``[B,C]``.
 
     Raises:
-        ValueError: no teacher models are given, or checkpoints and models do not pair up.
+        ArgumentError: no teacher models, checkpoints that do not pair up with them, or a member
+            with no weights at all (neither a checkpoint nor ``pretrained``): a random teacher
+            would train the student on noise.
     """
     from builders.teachers import create_teacher as _create, parse_teacher_list
 
     models = list(teacher["models"])
     if not models:
-        raise ValueError("mode kd needs an online teacher: set recipe key teacher.models (timm names) and "
-                         "teacher.checkpoints (safetensors weights), e.g. --set teacher.models=[resnet50]")
-    ckpts = [c or None for c in teacher["checkpoints"]] or None
-    if ckpts is not None and len(ckpts) != len(models):
-        raise ValueError(f"teacher.checkpoints has {len(ckpts)} entries for {len(models)} teacher.models; give one "
-                         "per model (an empty string uses timm's pretrained weights)")
+        raise ArgumentError("mode kd needs an online teacher: set recipe key teacher.models (timm names) and "
+                            "teacher.checkpoints (safetensors weights), or --teacher and --teacher-checkpoint")
+    ckpts = [c or None for c in teacher["checkpoints"]] or [None] * len(models)
+    if len(ckpts) != len(models):
+        raise ArgumentError(f"teacher.checkpoints has {len(ckpts)} entries for {len(models)} teacher.models; give "
+                            "one per model (an empty entry uses timm's pretrained weights)")
+    if not teacher["pretrained"]:
+        bare = [m for m, c in zip(models, ckpts) if c is None]
+        if bare:
+            raise ArgumentError(f"teacher member {bare[0]!r} has no weights: teacher.pretrained is false and its "
+                                "teacher.checkpoints entry is empty; pass --teacher-checkpoint (one per model)")
     specs = parse_teacher_list(models, ckpts)
     return _create(specs, num_classes=num_classes, pretrained=teacher["pretrained"], device=device,
                    input_size=teacher["input_size"])

@@ -179,7 +179,7 @@ def _check(recipe: dict, where: str) -> dict:
         raise _fail(where, "p_original", recipe["p_original"], "a probability in [0, 1]")
     if recipe["data"]["dataset"] is None:
         raise ArgumentError(f"{where}: recipe key data.dataset is not set. Valid values are {{{', '.join(DATASETS)}}}.")
-    if recipe["model"]["name"] is None:
+    if not isinstance(recipe["model"]["name"], str):
         raise ArgumentError(f"{where}: recipe key model.name is not set; give a timm model name "
                             "(e.g. resnet50d) or 'cnn:WIDTHxDEPTH'.")
     mix = recipe["mix"]

@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default=str(CONFIG.relative_to(ROOT)), help="build config of the store (YAML)")
     p.add_argument("--teachers", type=int, default=2, help="ensemble members (default 2 test_resnet)")
     p.add_argument("--teacher-epochs", type=int, default=15, help="teacher training epochs (default 15)")
+    p.add_argument("--teacher-samples", type=int, default=0,
+                   help="teachers train on the first N training digits (default 0: all 1,433)")
     p.add_argument("--epochs", type=int, default=30, help="student epochs, every arm (default 30)")
     p.add_argument("--seeds", type=int, default=3, help="student seeds per arm (default 3)")
     p.add_argument("--train-samples", type=int, default=500,
@@ -71,15 +73,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads of the training process (default 1: the workers use the other core)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 128 images, NS 4, 2 teacher epochs, 2 student epochs, 1 seed")
+                   help="smoke run: 128 images, NS 4, teachers 2 epochs on 512 digits, 2 student epochs, 1 seed")
     args = p.parse_args(argv)
     if args.quick:
         args.train_samples = min(args.train_samples, 128)
         args.num_augmentations = args.num_augmentations or 4
         args.teacher_epochs, args.epochs, args.seeds = 2, 2, 1
+        args.teacher_samples = args.teacher_samples or 512
     for name in ("teachers", "teacher_epochs", "epochs", "seeds", "train_samples", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.teacher_samples < 0:
+        p.error(f"--teacher-samples must be >= 0, got {args.teacher_samples}")
     if args.epochs < 2 or args.teacher_epochs < 2:
         p.error("--epochs and --teacher-epochs must be >= 2 (the recipes warm up for one epoch)")
     return args
@@ -102,10 +107,12 @@ def train_teachers(args, out: Path) -> list[dict]:
         run = out / "teachers" / f"t{k}"
         t0 = time.perf_counter()
         res = _train(["--recipe", str(TEACHER_RECIPE), "--mode", "erm", "--out", str(run), "--seed", str(1000 + k),
-                      "--epochs", str(args.teacher_epochs), "--workers", str(args.workers), "--no-progress"])
+                      "--epochs", str(args.teacher_epochs), "--workers", str(args.workers), "--no-progress",
+                      "--set", f"data.train_samples={args.teacher_samples or 'null'}"])
         test = res["final"]["test"]
+        seen = f"the first {args.teacher_samples}" if args.teacher_samples else "all 1,433"
         log(f"teacher {k} test_resnet: test top-1 {test['top1']:.2f}% ECE {test['ece']:.2f}% NLL {test['nll']:.4f} "
-            f"({time.perf_counter() - t0:.0f} s, all 1,433 training digits) -> {run / 'model.safetensors'}")
+            f"({time.perf_counter() - t0:.0f} s, {seen} training digits) -> {run / 'model.safetensors'}")
         members.append({"name": "test_resnet", "checkpoint": str(run / "model.safetensors"), **test})
     return members
 

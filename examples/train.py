@@ -26,7 +26,8 @@ Runs under ``torchrun`` (DistributedDataParallel, ``DistributedSampler`` with
 on CUDA, timm models, optimisers, schedulers (stepped per iteration) and EMA.
 After every epoch it evaluates (top-1, top-5, NLL, ECE with 15 bins), writes
 ``OUT/checkpoint.safetensors`` (atomically), appends the epoch to
-``OUT/log.jsonl`` and redraws ``OUT/plot.png`` (accuracy and cost per epoch).
+``OUT/log.jsonl`` and redraws ``OUT/plot.png`` (accuracy and cost per epoch; at most
+every 30 s, and at the end).
 Rerunning the same command after a kill resumes from the last checkpoint and
 reaches the same weights, bit for bit on the CPU: every draw depends only on
 ``(seed, epoch, sample)`` or ``(seed, epoch, step)``, the RNG states are in the
@@ -53,10 +54,10 @@ for _p in (str(ROOT), str(HERE)):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
 from _checkpoint import load_checkpoint, load_pretrained, save_checkpoint, save_weights  # noqa: E402
+from _dist import Dist  # noqa: E402
 from _data import (EvalDataset, RandomAugmentDataset, Repeat, create_base, create_teacher,  # noqa: E402
                    denormalize_to_uint8, mix_batch, subset_first, uint8_identity)
 from _recipe import load_recipe, parse_override, recipe_digest  # noqa: E402
@@ -65,9 +66,10 @@ from _train import classification_metrics, create_model, plot_run  # noqa: E402
 from imagenet_plus._files import atomic_write_text  # noqa: E402
 from imagenet_plus.errors import ArgumentError  # noqa: E402
 
-__all__ = ["main", "parse_args", "Trainer"]
+__all__ = ["main", "parse_args", "Trainer", "Dist"]
 
 CHECKPOINT = "checkpoint.safetensors"
+_PLOT_EVERY_S = 30.0
 # Convenience flags: (flag, recipe key, type).
 _FLAGS = (("--data-root", "data.root", str), ("--reinforcements", "reinforcements", str),
           ("--epochs", "epochs", int), ("--batch-size", "batch_size", int), ("--lr", "optimizer.lr", float),
@@ -106,51 +108,6 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     if args.teacher_checkpoint is not None:
         out.append(("teacher.checkpoints", [s.strip() for s in args.teacher_checkpoint.split(",")]))
     return out
-
-
-# ----------------------------------------------------------------------------- processes
-class Dist:
-    """This process's place in the run: rank, world size and device."""
-
-    def __init__(self, device_arg: str) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        want = device_arg if device_arg != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(want)
-        if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ArgumentError(f"--device {device_arg}: CUDA is not available here; use --device cpu")
-            if self.device.index is None:
-                self.device = torch.device("cuda", local % torch.cuda.device_count())
-            torch.cuda.set_device(self.device)
-        elif self.device.type != "cpu":
-            raise ArgumentError(f"Unknown value {device_arg!r} for argument --device. Valid values are "
-                                "{auto, cpu, cuda, cuda:N}.")
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``t`` (first dim may differ by one per rank) from every rank, in rank order."""
-        if self.world == 1:
-            return t
-        n = torch.tensor([t.shape[0]], device=t.device)
-        sizes = [torch.zeros_like(n) for _ in range(self.world)]
-        dist.all_gather(sizes, n)
-        width = int(max(s.item() for s in sizes))
-        padded = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=t.device)
-        padded[: t.shape[0]] = t
-        parts = [torch.zeros_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
 def _num_classes(base) -> int:
@@ -369,9 +326,8 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        if self.dist.world > 1 and train_step:
-            dist.all_reduce(loss_sum)
-            loss_sum /= self.dist.world
+        if train_step:
+            loss_sum = self.dist.mean(loss_sum)
         return {"train_loss": float(loss_sum) / max(1, n), "epoch_seconds": seconds, "data_seconds": data_s,
                 "images_per_s": n * self.r["batch_size"] / seconds, "steps": n,
                 "lr": float(self.optimizer.param_groups[0]["lr"])}
@@ -494,6 +450,8 @@ def main(argv=None) -> dict:
               "device": str(d.device), "steps_per_epoch": trainer.steps_per_epoch, "epochs": recipe["epochs"],
               "train_samples": len(trainer.train_set), "policy": trainer.policy.name,
               "fine_tuned_from": recipe["model"]["checkpoint"], "reinitialised": trainer.dropped}, d)
+    title = f"{recipe['model']['name']}, mode {recipe['mode']}"
+    last_plot = time.perf_counter()
     for epoch in range(start, recipe["epochs"]):
         record = {"epoch": epoch + 1, "mode": recipe["mode"], **trainer.train_epoch(epoch), **trainer.evaluate()}
         history.append(record)
@@ -501,12 +459,13 @@ def main(argv=None) -> dict:
             trainer.save(out / CHECKPOINT, {"epoch": epoch + 1, "global_step": trainer.global_step,
                                             "history": history})
             atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-            plot_run(history, out / "plot.png", title=f"{recipe['model']['name']}, mode {recipe['mode']}")
+            if time.perf_counter() - last_plot > _PLOT_EVERY_S or epoch + 1 == recipe["epochs"]:
+                plot_run(history, out / "plot.png", title=title)  # redrawn at most every 30 s (and at the end)
+                last_plot = time.perf_counter()
         _log(record, d)
         d.barrier()
     summary = _finish(trainer, history, out, d)
-    if d.world > 1:
-        dist.destroy_process_group()
+    d.close()
     return summary
 
 

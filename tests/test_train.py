@@ -271,6 +271,38 @@ def test_changed_settings_are_refused_in_the_same_out(digits, tmp_path):
     train_script.main(_args(digits, "erm", out, *one, "--workers", "1"))  # workers do not change results
 
 
+def test_crash_and_resume_with_adamw_ema_mixing_and_clipping(digits, tmp_path, monkeypatch):
+    """A run that dies after epoch 1 and is rerun ends where an uninterrupted run ends (all optimiser state)."""
+    from safetensors.torch import load_file
+
+    extra = ("--set", "optimizer={name: adamw, lr: 0.003, weight_decay: 0.05, kwargs: {betas: [0.9, 0.99]}}",
+             "--set", "ema={decay: 0.9}", "--set", "grad_clip=0.5", "--set", "model.kwargs={dropout: 0.2}",
+             "--set", "mix={mixup_alpha: 0.4, cutmix_alpha: 1.0}", "--epochs", "3")
+    train_script.main(_args(digits, "erm", tmp_path / "full", *extra))
+    real = train_script.Trainer.train_epoch
+
+    def dies_in_epoch_2(self, epoch, **kw):
+        if epoch == 1:
+            raise RuntimeError("simulated crash")
+        return real(self, epoch, **kw)
+
+    monkeypatch.setattr(train_script.Trainer, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_script.main(_args(digits, "erm", tmp_path / "crashed", *extra))
+    monkeypatch.setattr(train_script.Trainer, "train_epoch", real)
+    summary = train_script.main(_args(digits, "erm", tmp_path / "crashed", *extra))
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3] and "test_ema" in summary["history"][0]
+    for name in ("model.safetensors", "model_ema.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "crashed" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_kd_refuses_a_teacher_without_weights(digits):
+    r = load_recipe(RECIPE, "kd", [("data.train_samples", N_TRAIN), ("workers", 0)])  # digits.yaml names no weights
+    with pytest.raises(ArgumentError, match="teacher member 'test_resnet' has no weights"):
+        train_script.Trainer(r, train_script.Dist("cpu"))
+
+
 @pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_weights_bitwise(digits, tmp_path):
     """SIGKILL a run after its first checkpoint; rerunning the command resumes to the uninterrupted weights.
