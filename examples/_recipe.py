@@ -16,6 +16,7 @@ Keys (see :data:`DEFAULTS` for the defaults)::
     data.train_split    split the students train on (and the store was built over)
     data.eval_split     split evaluated after every epoch
     data.train_samples  train on the first N samples only (null: all)
+    data.eval_samples   evaluate on the first N samples of eval_split only (null: all; smoke runs)
     data.source_size    digits: side of the upsampled images
     data.repeats        passes over the training set per epoch (throughput checks on tiny sets)
     data.device         cpu: workers replay whole items; cuda: workers crop, the GPU finishes
@@ -62,6 +63,7 @@ EMA_DEFAULTS = {"decay": 0.9998}
 
 DEFAULTS: dict[str, Any] = {
     "data": {"dataset": None, "root": None, "train_split": "train", "eval_split": "val", "train_samples": None,
+             "eval_samples": None,
              "source_size": 32, "repeats": 1, "device": "cpu"},
     "policy": None,
     "eval": {"resize": 256, "crop": 224, "batch_size": 256},
@@ -91,7 +93,8 @@ DEFAULTS: dict[str, Any] = {
 _FREE = {"policy", "model.kwargs", "optimizer.kwargs", "reinforcements", "data.root", "teacher.input_size",
          "model.checkpoint"}
 # Keys that are null by default and hold a number (or null) when set.
-_OPTIONAL_NUMBER = {"data.train_samples", "num_augmentations", "grad_clip", "teacher.input_size"}
+_OPTIONAL_NUMBER = {"data.train_samples", "data.eval_samples", "num_augmentations", "grad_clip",
+                    "teacher.input_size"}
 _CHOICES = {"data.dataset": DATASETS, "amp": ("bf16", "off"), "data.device": ("cpu", "cuda")}
 _SECTIONS_WITH_DEFAULTS = {"mix": MIX_DEFAULTS, "ema": EMA_DEFAULTS}
 

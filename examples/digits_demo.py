@@ -73,13 +73,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads of the training process (default 1: the workers use the other core)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 128 images, NS 4, teachers 2 epochs on 512 digits, 2 student epochs, 1 seed")
+                   help="smoke run: 128 images, NS 4, teachers 2 epochs on 512 digits, 2 student epochs, 1 seed, "
+                        "evaluation on the first 128 test digits")
     args = p.parse_args(argv)
     if args.quick:
         args.train_samples = min(args.train_samples, 128)
         args.num_augmentations = args.num_augmentations or 4
         args.teacher_epochs, args.epochs, args.seeds = 2, 2, 1
         args.teacher_samples = args.teacher_samples or 512
+    args.eval_samples = 128 if args.quick else None
     for name in ("teachers", "teacher_epochs", "epochs", "seeds", "train_samples", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -108,7 +110,8 @@ def train_teachers(args, out: Path) -> list[dict]:
         t0 = time.perf_counter()
         res = _train(["--recipe", str(TEACHER_RECIPE), "--mode", "erm", "--out", str(run), "--seed", str(1000 + k),
                       "--epochs", str(args.teacher_epochs), "--workers", str(args.workers), "--no-progress",
-                      "--set", f"data.train_samples={args.teacher_samples or 'null'}"])
+                      "--set", f"data.train_samples={args.teacher_samples or 'null'}",
+                      "--set", f"data.eval_samples={args.eval_samples or 'null'}"])
         test = res["final"]["test"]
         seen = f"the first {args.teacher_samples}" if args.teacher_samples else "all 1,433"
         log(f"teacher {k} test_resnet: test top-1 {test['top1']:.2f}% ECE {test['ece']:.2f}% NLL {test['nll']:.4f} "
@@ -158,7 +161,8 @@ def train_student(args, arm: str, seed: int, store: Path, members: list[dict], o
                    "--epochs", str(args.epochs), "--workers", str(args.workers), "--reinforcements", str(store),
                    "--teacher", ",".join(m["name"] for m in members),
                    "--teacher-checkpoint", ",".join(m["checkpoint"] for m in members),
-                   "--set", f"data.train_samples={args.train_samples}", "--no-progress"])
+                   "--set", f"data.train_samples={args.train_samples}",
+                   "--set", f"data.eval_samples={args.eval_samples or 'null'}", "--no-progress"])
 
 
 def _arm_results(runs: list[dict]) -> dict:

@@ -202,7 +202,7 @@ class Trainer:
                                 f"of {r['batch_size']}; lower batch_size or raise data.repeats")
         ev = r["eval"]
         transform = create_eval_transform(ev["crop"], ev["resize"], mean=self.policy.mean, std=self.policy.std)
-        eval_base = create_base(data, data["eval_split"])
+        eval_base = subset_first(create_base(data, data["eval_split"]), data["eval_samples"])
         eval_set = torch.utils.data.Subset(EvalDataset(eval_base, transform),
                                            range(self.dist.rank, len(eval_base), world))
         self.eval_loader = DataLoader(eval_set, batch_size=ev["batch_size"], num_workers=min(workers, 4),
