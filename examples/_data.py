@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from imagenet_plus.errors import ArgumentError
 
-__all__ = ["create_base", "load_image", "EvalDataset", "RandomAugmentDataset", "Repeat", "mix_batch",
+__all__ = ["create_base", "load_image", "subset_first", "EvalDataset", "RandomAugmentDataset", "Repeat", "mix_batch",
            "create_teacher", "uint8_identity", "denormalize_to_uint8"]
 
 # Seed offset of the random-augmentation draws, so that a training seed equal to a build seed

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -227,7 +226,8 @@ def test_inputs_of_each_mode(digits):
 
     ref = ReinforcedDataset(Subset(Digits(split="train"), range(N_TRAIN)), digits["store"], seed=0)
     ref.set_epoch(1)
-    assert torch.equal(x, torch.stack([ref[i][0] for i in idx])) and torch.equal(y, torch.stack([ref[i][1] for i in idx]))
+    assert torch.equal(x, torch.stack([ref[i][0] for i in idx]))
+    assert torch.equal(y, torch.stack([ref[i][1] for i in idx]))
 
 
 # ----------------------------------------------------------------------------- end to end
