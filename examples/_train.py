@@ -165,6 +165,12 @@ def plot_run(history: Sequence[dict], path: str | Path, *, title: str) -> None:
     rate = cost.twinx()
     rate.plot(epochs, [h["images_per_s"] for h in history], marker="s", ms=3, color="C3", label="images/s")
     rate.set_ylabel("images/s")
+    lines = cost.get_lines() + rate.get_lines()
+    cost.legend(lines, [ln.get_label() for ln in lines], loc="best")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (acc, cost):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
