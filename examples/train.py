@@ -34,6 +34,12 @@ reaches the same weights, bit for bit on the CPU: every draw depends only on
 checkpoint, and DataLoader workers hold no state. At the end it writes
 ``OUT/model.safetensors`` (and ``model_ema``) with a JSON sidecar that
 ``builders/teachers.py`` reads, so a trained model can serve as a teacher.
+
+Where it has run: everything on the CPU (tests: every mode, bitwise resume after
+SIGKILL, two gloo ranks; ``torchrun --nproc-per-node 2`` by hand); on one H200,
+``erm`` and ``plus`` with ``data.device: cuda``, bf16 and channels_last
+(``benchmarks/gpu_train_check.py``). Not yet run on a GPU: ``kd``, NCCL across
+several GPUs, ``compile``, resuming a CUDA run.
 """
 
 from __future__ import annotations
