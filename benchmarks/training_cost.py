@@ -1,21 +1,27 @@
-"""Training cost of reinforced data vs the original data: epoch time, same ops, same student, same loader.
+"""Training cost of the three modes in one run: epoch time of Plus and KD relative to ERM, same everything else.
 
     python benchmarks/training_cost.py            # 1,433 digits, NS 16, 5 timed epochs per arm
     python benchmarks/training_cost.py --quick    # 256 digits, NS 4, 2 timed epochs
 
-Arms (identical augmentation ops, student, optimiser, batch size, workers):
+Each arm is an ``examples/train.py`` trainer (its own ``Trainer``: loader, step,
+schedule) built from one recipe, ``examples/recipes/digits.yaml``, with the same
+student, optimiser, batch size and loader settings; only the mode differs:
 
-* ``original``: the digits with the policy's random augmentation, parameters
-  drawn fresh each epoch (``policy.sample`` + ``policy.apply``), hard labels.
-* ``reinforced``: the same images through ``ReinforcedDataset`` over a store
-  built here (random-init teacher: its values do not change the cost):
-  stored parameters read from the memory-mapped shards, replayed with the same
-  ``policy.apply``, top-k targets densified.
+* ``erm``: the policy's random augmentation drawn afresh every epoch, hard labels;
+* ``kd``: the same, plus the online teacher on every batch (the demo's ensemble
+  architecture, two ``test_resnet``, random init: its values do not change the cost);
+* ``plus``: the same images through ``ReinforcedDataset`` over a store built here
+  (stored parameters read from the memory-mapped shards, replayed with the same
+  ``Policy`` ops, top-k targets densified).
 
-Epochs of the two arms alternate (original, reinforced, original, ...) after
-one warm-up epoch each, so load from other processes hits both alike. Prints
-one JSON object: per-arm epoch seconds (and data-loading-only seconds), and
-``ratio`` = median reinforced / median original epoch time (target <= 1.05).
+After one warm-up epoch per arm, the arms' epochs alternate (in a rotating order) so
+load from other processes hits all alike. Prints one JSON object: per arm the epoch
+seconds (and data-loading-only seconds), ``ratio`` = median Plus / median ERM epoch
+(target <= 1.05, aim <= 1.00), ``kd_ratio`` = median KD / median ERM epoch, and
+``data_ratio`` (Plus / ERM, data loading alone). ``settings.fetch`` says whether each
+arm's dataset fetches a batch at once (``__getitems__``: one vectorised parameter draw,
+one batched ``Policy.finish``) or item by item; ERM always fetches in batches, the best
+ordinary pipeline with these ops.
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ for _p in (str(ROOT), str(ROOT / "examples")):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 TARGET_RATIO = 1.05
+ARMS = ("erm", "kd", "plus")
+RECIPE = ROOT / "examples" / "recipes" / "digits.yaml"
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -46,11 +53,10 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="training images (default all 1,433; quick 256)")
     p.add_argument("--num-augmentations", type=int, default=None, help="NS of the store (default 16; quick 4)")
     p.add_argument("--epochs", type=int, default=None, help="timed epochs per arm (default 5; quick 2)")
-    p.add_argument("--student", default="cnn:8x2", help="student model spec (examples/_train.py)")
+    p.add_argument("--student", default="cnn:8x2", help="student model (examples/_train.py create_model)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers, both arms (default 0)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers, every arm (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--config", default="builders/configs/digits-plus.yaml", help="policy source (build config)")
     a = p.parse_args(argv)
     a.samples = a.samples or (256 if a.quick else 1433)
     a.num_augmentations = a.num_augmentations or (4 if a.quick else 16)
@@ -61,8 +67,8 @@ def _parse(argv=None) -> argparse.Namespace:
     return a
 
 
-class _RandomTeacher:
-    """A random-init CNN as the teacher (the cost of training does not depend on the targets' values)."""
+class _RandomCNN:
+    """The store's teacher: a random-init small CNN (the values of the targets do not change the cost)."""
 
     def __init__(self, policy, num_classes: int) -> None:
         from _train import SmallCNN
@@ -76,93 +82,96 @@ class _RandomTeacher:
         return torch.softmax(self.model(self.policy.normalize(x)) * 3.0, dim=1)
 
 
-def _epoch(model, loader, opt, to_inputs, num_classes: int, train_step: bool) -> float:
-    import torch.nn.functional as F
+def _kd_teacher(folder: Path, policy) -> list[str]:
+    """Two random-init test_resnet checkpoints with the sidecar builders/teachers.py reads."""
+    import timm
+    from safetensors.torch import save_file
 
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(_epoch.counter)
-    _epoch.counter += 1
-    t0 = time.perf_counter()
-    for batch in loader:
-        x, y = to_inputs(batch)
-        if not train_step:
-            continue
-        if y.ndim == 1:
-            y = F.one_hot(y, num_classes).float()
-        loss = torch.sum(-y * F.log_softmax(model(x), dim=-1), dim=-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return time.perf_counter() - t0
+    paths = []
+    for k in range(2):
+        torch.manual_seed(100 + k)
+        model = timm.create_model("test_resnet", num_classes=10)
+        path = folder / f"teacher{k}.safetensors"
+        save_file({n: v.contiguous() for n, v in model.state_dict().items()}, str(path))
+        path.with_suffix(".json").write_text(json.dumps({
+            "model": "test_resnet", "num_classes": 10, "input_size": [3, policy.output_size, policy.output_size],
+            "mean": list(policy.mean), "std": list(policy.std)}))
+        paths.append(str(path))
+    return paths
 
 
-_epoch.counter = 0
+def _trainers(a: argparse.Namespace, store: Path, teacher_ckpts: list[str]) -> dict:
+    import train
+    from _recipe import load_recipe
+
+    overrides = [("data.train_samples", a.samples), ("reinforcements", str(store)), ("model.name", a.student),
+                 ("batch_size", a.batch_size), ("workers", a.workers), ("epochs", 2 + a.epochs),
+                 ("teacher.models", ["test_resnet"] * len(teacher_ckpts)), ("teacher.checkpoints", teacher_ckpts)]
+    d = train.Dist("cpu")
+    return {arm: train.Trainer(load_recipe(RECIPE, arm, overrides), d) for arm in ARMS}
 
 
 def main(argv=None) -> dict:
     """Run the benchmark; returns (and prints) the JSON dict."""
-    args = _parse(argv)
-    torch.set_num_threads(args.threads)
-    from _train import RandomAugmentDataset, create_model
-    from builders.build import create_dataset, load_config
-    from imagenet_plus.augment import create_policy
-    from imagenet_plus.datasets import ReinforcedDataset
+    a = _parse(argv)
+    torch.set_num_threads(a.threads)
+    from torch.utils.data import Subset
+
+    from _recipe import load_recipe
+    from _data import create_base
+    from imagenet_plus import create_policy
     from imagenet_plus.reinforce import build_reinforcements
 
-    cfg = load_config(ROOT / args.config)
-    policy = create_policy(cfg.policy, **({} if cfg.image_size is None else {"output_size": cfg.image_size}))
-    base = create_dataset(cfg)
-    base = Subset(base, range(min(args.samples, len(base))))
-    num_classes = 10
+    recipe = load_recipe(RECIPE, "plus")
+    policy = create_policy(recipe["policy"])
+    base = create_base(recipe["data"], "train")
+    a.samples = min(a.samples, len(base))
     with tempfile.TemporaryDirectory(prefix="training-cost-") as tmp:
+        store = Path(tmp) / "store"
         t0 = time.perf_counter()
-        build_reinforcements(base, Path(tmp) / "store", policy=policy, teacher=_RandomTeacher(policy, num_classes),
-                             num_classes=num_classes, num_augmentations=args.num_augmentations, topk=cfg.topk,
-                             seed=0, dataset_name=cfg.dataset, teacher_desc={"models": ["random SmallCNN"]},
-                             samples_per_shard=512, augs_per_shard=min(16, args.num_augmentations),
-                             batch_size=128, progress=False)
+        build_reinforcements(Subset(base, range(a.samples)), store, policy=policy, teacher=_RandomCNN(policy, 10),
+                             num_classes=10, num_augmentations=a.num_augmentations, topk=5, seed=0,
+                             dataset_name="digits", teacher_desc={"models": ["random SmallCNN"]},
+                             samples_per_shard=512, augs_per_shard=min(16, a.num_augmentations), batch_size=128,
+                             progress=False)
         build_seconds = time.perf_counter() - t0
-        datasets = {
-            "original": RandomAugmentDataset(base, policy, seed=0),
-            "reinforced": ReinforcedDataset(base, Path(tmp) / "store", p_original=0.01, seed=0),
-        }
-        to_inputs = {
-            "original": lambda b: (policy.normalize(b[0]), b[1]),
-            "reinforced": lambda b: b,
-        }
-        loaders = {k: DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                                 drop_last=True, generator=torch.Generator().manual_seed(0))
-                   for k, ds in datasets.items()}
-        models, opts = {}, {}
-        for k in datasets:
-            torch.manual_seed(0)
-            models[k] = create_model(args.student, num_classes)
-            opts[k] = torch.optim.SGD(models[k].parameters(), lr=0.05, momentum=0.9, nesterov=True)
-        epoch_s = {k: [] for k in datasets}
-        data_s = {k: [] for k in datasets}
-        for k in datasets:  # warm-up: first-touch page faults, allocator, lazy imports
-            _epoch(models[k], loaders[k], opts[k], to_inputs[k], num_classes, True)
-        for _ in range(args.epochs):
-            for k in datasets:
-                epoch_s[k].append(_epoch(models[k], loaders[k], opts[k], to_inputs[k], num_classes, True))
-            for k in datasets:
-                data_s[k].append(_epoch(models[k], loaders[k], opts[k], to_inputs[k], num_classes, False))
+        trainers = _trainers(a, store, _kd_teacher(Path(tmp), policy))
+        epoch_s = {k: [] for k in ARMS}
+        data_s = {k: [] for k in ARMS}
+        epoch = {k: 0 for k in ARMS}
+
+        def run(arm: str, train_step: bool) -> float:
+            seconds = trainers[arm].train_epoch(epoch[arm], train_step=train_step)["epoch_seconds"]
+            epoch[arm] += 1
+            return seconds
+
+        for arm in ARMS:  # warm-up: first-touch page faults, allocator, lazy imports, worker start
+            run(arm, True)
+        for r in range(a.epochs):
+            order = ARMS[r % 3:] + ARMS[: r % 3]
+            for arm in order:
+                epoch_s[arm].append(run(arm, True))
+            for arm in order:
+                data_s[arm].append(run(arm, False))
+        steps = trainers["erm"].steps_per_epoch
+        fetch = {arm: "batched" if hasattr(trainers[arm].train_set, "__getitems__") else "per-item" for arm in ARMS}
     med = {k: float(np.median(v)) for k, v in epoch_s.items()}
     dmed = {k: float(np.median(v)) for k, v in data_s.items()}
-    ratio = med["reinforced"] / med["original"]
+    ratio = med["plus"] / med["erm"]
     result = {
         "benchmark": "training_cost",
-        "settings": {"samples": len(base), "num_augmentations": args.num_augmentations, "topk": cfg.topk,
-                     "policy": policy.name, "image_size": policy.output_size, "student": args.student,
-                     "batch_size": args.batch_size, "workers": args.workers, "threads": args.threads,
-                     "timed_epochs": args.epochs},
+        "settings": {"samples": a.samples, "num_augmentations": a.num_augmentations, "topk": 5,
+                     "policy": policy.name, "image_size": policy.output_size, "student": a.student,
+                     "kd_teacher": "2 x test_resnet (random init)", "batch_size": a.batch_size,
+                     "steps_per_epoch": steps, "fetch": fetch, "workers": a.workers, "threads": a.threads,
+                     "timed_epochs": a.epochs,
+                     "recipe": str(RECIPE.relative_to(ROOT))},
         "build_seconds": build_seconds,
-        "original": {"epoch_seconds": epoch_s["original"], "median_epoch_seconds": med["original"],
-                     "data_only_seconds": data_s["original"], "median_data_seconds": dmed["original"]},
-        "reinforced": {"epoch_seconds": epoch_s["reinforced"], "median_epoch_seconds": med["reinforced"],
-                       "data_only_seconds": data_s["reinforced"], "median_data_seconds": dmed["reinforced"]},
+        **{arm: {"epoch_seconds": epoch_s[arm], "median_epoch_seconds": med[arm], "data_only_seconds": data_s[arm],
+                 "median_data_seconds": dmed[arm]} for arm in ARMS},
         "ratio": ratio,
-        "data_ratio": dmed["reinforced"] / dmed["original"],
+        "kd_ratio": med["kd"] / med["erm"],
+        "data_ratio": dmed["plus"] / dmed["erm"],
         "target_ratio": TARGET_RATIO,
         "meets_target": bool(ratio <= TARGET_RATIO),
     }

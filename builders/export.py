@@ -30,15 +30,14 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from imagenet_plus._files import atomic_write_text  # noqa: E402
 from imagenet_plus.errors import ReinforcementError  # noqa: E402
 
-__all__ = ["ExportConfig", "ExportResult", "CARDS_DIR", "PRETTY_NAMES", "card_template", "card_values",
+__all__ = ["ExportConfig", "ExportResult", "CARDS_DIR", "pretty_name", "card_template", "card_values",
            "render_card", "write_card", "main"]
 
-#: Card templates, one per dataset: ``hub_cards/<dataset>-plus.md``.
+#: Card templates: ``hub_cards/<dataset>-plus.md``, else the generic ``hub_cards/generic-plus.md``.
 CARDS_DIR = Path(__file__).resolve().parents[1] / "hub_cards"
-PRETTY_NAMES = {"imagenet": "ImageNet+", "cifar100": "CIFAR-100+", "flowers102": "Flowers-102+",
-                "food101": "Food-101+", "digits": "Digits+"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                     (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
@@ -55,9 +54,8 @@ class ExportConfig:
         repo_id: the Hub repo the card's snippets name (default: the package's default repo).
         data_root: the base dataset's root in torchvision's layout; needed for images.
         images: put the images in the Parquet (``None``: yes when the images can be read, i.e.
-            ``data_root`` is given or the dataset is ``digits``; never for ImageNet, whose licence
-            forbids it).
-        source_size: ``digits`` only: the image side the store was built with.
+            ``data_root`` is given or the dataset is ``digits``, and the dataset's adapter says they
+            may be redistributed; never for ImageNet, whose licence forbids it).
         template: the card template (default ``hub_cards/<dataset>-plus.md``).
         rows_per_group: Parquet rows per row group (default: about 64 MiB).
         rows_per_file: Parquet rows per file (default: about 512 MiB).
@@ -70,7 +68,6 @@ class ExportConfig:
     repo_id: str | None = None
     data_root: str | None = None
     images: bool | None = None
-    source_size: int = 32
     template: str | None = None
     rows_per_group: int | None = None
     rows_per_file: int | None = None
@@ -88,14 +85,32 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------------------------- the card
+def pretty_name(dataset: str) -> str:
+    """The dataset's display name (its adapter's), e.g. ``CIFAR-100+``; ``<name>+`` for others."""
+    from imagenet_plus.adapters import ADAPTERS
+
+    cls = ADAPTERS.get(dataset)
+    return cls.pretty_name if cls is not None and cls.name != "imagefolder" else f"{dataset}+"
+
+
 def card_template(dataset: str) -> Path:
-    """The card template of a dataset name (``hub_cards/<dataset>-plus.md``)."""
+    """The card template of a dataset (``hub_cards/<dataset>-plus.md``, else the generic one)."""
     path = CARDS_DIR / f"{dataset}-plus.md"
-    if not path.is_file():
-        known = sorted(p.name for p in CARDS_DIR.glob("*-plus.md"))
-        raise ReinforcementError(f"no card template {path} for dataset {dataset!r} (templates: {known}); write one "
-                                 "or pass --template")
-    return path
+    return path if path.is_file() else CARDS_DIR / "generic-plus.md"
+
+
+def _images_note(dataset: str, parquet: list[Path]) -> tuple[str, str]:
+    """(the card's paragraph on images, the column list entry) as the Parquet files really are."""
+    import pyarrow.parquet as pq
+
+    has = bool(parquet) and "image" in pq.read_schema(parquet[0]).names
+    if has:
+        return ("This repo is self-contained: the Parquet files carry the images (the original files, or PNG "
+                "for datasets stored as arrays) next to the stored parameters and targets, so no other download "
+                "is needed.", "`image`, ")
+    return ("**No images are included** in this repo: bring your own copy of the dataset. Every record is tied "
+            "to its image by the `key` column and a digest of the image, and a copy that does not match is "
+            "refused.", "")
 
 
 def _human(nbytes: float) -> str:
@@ -172,8 +187,11 @@ def card_values(manifest, folder: str | os.PathLike, *, repo_id: str) -> dict[st
     store_bytes = shard_bytes + m.samples_file.bytes + (folder / "manifest.json").stat().st_size
     parquet = sorted((folder / "data").glob("*.parquet"))
     records = m.num_samples * m.num_augmentations
+    note, column = _images_note(m.dataset, parquet)
     return {
-        "pretty_name": PRETTY_NAMES.get(m.dataset, f"{m.dataset}+"),
+        "pretty_name": pretty_name(m.dataset),
+        "images_note": note,
+        "image_column": column,
         "repo_id": repo_id,
         "dataset": m.dataset,
         "split": m.split,
@@ -190,7 +208,8 @@ def card_values(manifest, folder: str | os.PathLike, *, repo_id: str) -> dict[st
         "store_size": _human(store_bytes),
         "bytes_per_augmentation": f"{shard_bytes / records:.1f} bytes ({m.record_bytes} bytes of fields per record "
                                   "plus shard headers)",
-        "parquet_size": _human(sum(p.stat().st_size for p in parquet)) + f" in {len(parquet)} file(s)",
+        "parquet_size": _human(sum(p.stat().st_size for p in parquet)) + f" in {len(parquet)} file(s) "
+                        + ("(with images)" if column else "(no images)"),
         "augmentation_blocks": f"num_augmentations in {{{_blocks(m)}}} downloads only the blocks needed",
         "param_columns": ", ".join(f"`{f.name}`" for f in m.param_fields),
         "size_category": _size_category(m.num_samples),
@@ -235,9 +254,7 @@ def write_card(folder: str | os.PathLike, manifest, *, repo_id: str, template: s
             raise ReinforcementError(f"{tpl}: the rendered card declares no {key!r} in its YAML front matter; "
                                      "add it to the template")
     path = folder / "README.md"
-    tmp = path.with_name(".README.md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 
@@ -259,17 +276,19 @@ def _link_store(src: Path, dst: Path, manifest, overwrite: bool) -> None:
             shutil.copy2(src / rel, target)
 
 
-def _open_base(config: ExportConfig, manifest):
+def _open_base(config: ExportConfig, store):
+    """The adapter of the dataset the store was built from (``--data-root``; digits need none)."""
     from torch.utils.data import Subset
 
-    from builders.build import BuildConfig, create_dataset
+    from imagenet_plus.adapters import SubsetAdapter, create_adapter
 
-    base = create_dataset(BuildConfig(dataset=manifest.dataset, data_root=config.data_root, split=manifest.split,
-                                      source_size=config.source_size))
-    limit = (manifest.extra or {}).get("limit_samples")
-    if limit is not None and limit < len(base):
-        base = Subset(base, range(int(limit)))
-    return base
+    m = store.manifest
+    kwargs = {"image_size": int(store.image_sizes[0][0])} if m.dataset == "digits" else {}
+    adapter = create_adapter(m.dataset, config.data_root, m.split, **kwargs)
+    limit = (m.extra or {}).get("limit_samples")
+    if limit is not None and limit < len(adapter):
+        adapter = SubsetAdapter(Subset(adapter.dataset, range(int(limit))), adapter)
+    return adapter
 
 
 def main(config: ExportConfig, *, base=None) -> ExportResult:
@@ -283,7 +302,7 @@ def main(config: ExportConfig, *, base=None) -> ExportResult:
     Returns:
         An :class:`ExportResult`.
     """
-    from imagenet_plus.hf import NO_IMAGE_DATASETS, export_parquet
+    from imagenet_plus.hf import export_parquet, images_forbidden
     from imagenet_plus.hub import DEFAULT_REPOS
     from imagenet_plus.store import open_store, verify
 
@@ -295,16 +314,16 @@ def main(config: ExportConfig, *, base=None) -> ExportResult:
     readable = base is not None or config.data_root is not None or manifest.dataset == "digits"
     images = config.images
     if images is None:
-        images = readable and manifest.dataset.lower() not in NO_IMAGE_DATASETS
+        images = readable and not images_forbidden(manifest.dataset) and manifest.dataset != "imagefolder"
+    store = open_store(out)
     if images and base is None:
         if not readable:
             raise ReinforcementError(f"images for {manifest.dataset!r} need --data-root (the dataset the store was "
                                      "built from), or pass --no-images")
-        base = _open_base(config, manifest)
+        base = _open_base(config, store)
     repo_id = config.repo_id or DEFAULT_REPOS.get(manifest.dataset) or f"<org>/{manifest.dataset}-plus"
     if (out / "README.md").exists() and not config.overwrite:
         raise ReinforcementError(f"{out / 'README.md'} exists; pass --overwrite to re-render the card")
-    store = open_store(out)
     files = export_parquet(store, out, base=base if images else None, images=bool(images),
                            rows_per_group=config.rows_per_group, rows_per_file=config.rows_per_file,
                            overwrite=config.overwrite, progress=config.progress)
@@ -321,7 +340,6 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--images", dest="images", action="store_true", default=None, help="include the images")
     g.add_argument("--no-images", dest="images", action="store_false", help="leave the images out")
-    p.add_argument("--source-size", type=int, default=32, help="digits only: the image side of the build")
     p.add_argument("--template", help="card template (default hub_cards/<dataset>-plus.md)")
     p.add_argument("--rows-per-group", type=int)
     p.add_argument("--rows-per-file", type=int)

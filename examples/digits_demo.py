@@ -1,33 +1,35 @@
-"""End-to-end Dataset Reinforcement on real data: scikit-learn's handwritten digits.
+"""The paper's table in miniature, on real data: ERM, online KD and Plus students on scikit-learn's digits.
 
-    python examples/digits_demo.py --out runs/digits-demo
+    python examples/digits_demo.py --out runs/digits-demo       # make demo
 
-1. Trains a small teacher ensemble locally (two timm ``test_resnet``, random
-   init, 370k parameters each) on all 1,433 training digits, and saves each
-   member as safetensors plus the JSON sidecar ``builders/teachers.py`` reads.
-2. Builds ``digits-plus`` with ``builders/build.py`` (``main(config)`` over
-   ``builders/configs/digits-plus.yaml``: pad-crop, RandAugment(2, 9),
-   RandomErasing(0.25), NS=32, K=5; the teacher is the ensemble) over the
-   students' training images.
-3. Trains the same small student (``cnn:16x2``, 18k parameters), for the same
-   number of steps, on the same first 500 training images, over 3 seeds:
-   (a) ``baseline``: the policy's ordinary random augmentation (fresh
-   parameters every epoch, same ops) and hard labels;
-   (b) ``reinforced``: ``digits-plus`` through ``ReinforcedDataset`` (replayed
-   stored augmentations, densified teacher top-k targets, p_original 0.01).
-4. Prints a table (top-1, ECE with 15 bins, NLL, mean top-1 confidence, epoch
-   time; mean and std over seeds) and writes ``results.json``, ``accuracy.png`` and the store to ``--out``.
+1. Trains a teacher ensemble: two timm ``test_resnet`` (random init, 370k parameters
+   each) trained with ``examples/train.py`` (``recipes/digits-teacher.yaml``, ERM) on all
+   1,433 training digits; each run leaves safetensors weights plus the JSON sidecar
+   ``builders/teachers.py`` reads.
+2. Builds ``digits-plus`` with ``builders/build.py`` (``builders/configs/digits-plus.yaml``:
+   pad-crop, RandAugment(2, 9), RandomErasing(0.25), NS=32, K=5; the ensemble as the
+   teacher) over the students' training images.
+3. Trains the same student (``cnn:16x2``, 18k parameters) with ``examples/train.py``
+   (``recipes/digits.yaml``) on the first 500 training digits, same optimiser, schedule
+   and number of steps, over 3 seeds, in each mode:
+   ``erm`` (the policy's random augmentation drawn afresh, hard labels with smoothing 0.1),
+   ``kd`` (the same augmentation, the ensemble run online on every batch),
+   ``plus`` (``digits-plus`` replayed: stored augmentations, stored teacher targets).
+4. Prints the table (top-1, ECE with 15 bins, NLL, confidence and training seconds per
+   epoch, mean and std over seeds, and each arm's epoch time relative to ERM) and writes
+   ``results.json`` and ``accuracy.png`` (accuracy per epoch and against training time).
 
-The setting mirrors the paper's: a teacher much larger than the student that
-has seen more data (here all training digits, there IG-1B pretraining), and a
-student with limited data and capacity. Everything runs on the CPU; nothing is
-downloaded. About 5 minutes on 2 cores.
+The setting mirrors the paper's: a teacher much larger than the student that has seen
+more data, a student with limited data and capacity. Everything runs on the CPU;
+nothing is downloaded. About 10 minutes on 2 cores (618 s measured on a shared 2-core machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import shutil
 import sys
@@ -42,51 +44,51 @@ for _p in (str(ROOT), str(HERE)):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from _train import RandomAugmentDataset, TensorBatches, create_model, evaluate, plot_curves, summarize, train  # noqa: E402
+import train as train_script  # noqa: E402
+from _train import expected_calibration_error, summarize  # noqa: E402
 
 CONFIG = ROOT / "builders" / "configs" / "digits-plus.yaml"
-ARMS = ("baseline", "reinforced")
+RECIPE = HERE / "recipes" / "digits.yaml"
+TEACHER_RECIPE = HERE / "recipes" / "digits-teacher.yaml"
+ARMS = ("erm", "kd", "plus")
+ARM_LABELS = {"erm": "ERM (random aug., hard labels)", "kd": "KD (teacher online)",
+              "plus": "Plus (digits-plus)"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/digits-demo", help="output folder (default runs/digits-demo)")
-    p.add_argument("--config", default=str(CONFIG.relative_to(ROOT)), help="build config (YAML)")
-    p.add_argument("--teachers", default="test_resnet,test_resnet",
-                   help="comma-separated timm models of the teacher ensemble (default two test_resnet)")
+    p.add_argument("--config", default=str(CONFIG.relative_to(ROOT)), help="build config of the store (YAML)")
+    p.add_argument("--teachers", type=int, default=2, help="ensemble members (default 2 test_resnet)")
     p.add_argument("--teacher-epochs", type=int, default=15, help="teacher training epochs (default 15)")
-    p.add_argument("--teacher-shift", type=int, default=4, help="teacher training: max translation px (default 4)")
-    p.add_argument("--student", default="cnn:16x2",
-                   help="student: 'cnn:WIDTHxDEPTH' (examples/_train.py SmallCNN, cnn:16x2 has 18k parameters) "
-                        "or a timm name (default cnn:16x2)")
-    p.add_argument("--epochs", type=int, default=30, help="student epochs, both arms (default 30)")
+    p.add_argument("--teacher-samples", type=int, default=0,
+                   help="teachers train on the first N training digits (default 0: all 1,433)")
+    p.add_argument("--epochs", type=int, default=30, help="student epochs, every arm (default 30)")
     p.add_argument("--seeds", type=int, default=3, help="student seeds per arm (default 3)")
     p.add_argument("--train-samples", type=int, default=500,
-                   help="students train on the first N training images (default 500; 0: all 1,433); "
-                        "teachers always see all of them")
-    p.add_argument("--num-augmentations", type=int, default=None, help="NS (default: the config's)")
-    p.add_argument("--topk", type=int, default=None, help="K (default: the config's)")
-    p.add_argument("--p-original", type=float, default=0.01,
-                   help="probability of an original image with its hard label (default 0.01, as ml-dr)")
-    p.add_argument("--batch-size", type=int, default=32, help="student and teacher batch size (default 32)")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+                   help="students train on the first N training digits (default 500); teachers see all 1,433")
+    p.add_argument("--num-augmentations", type=int, default=None, help="NS of the store (default: the config's)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads of the training process (default 1: the workers use the other core)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 300 images, NS 4, 2 teacher epochs, 2 student epochs, 1 seed")
+                   help="smoke run: 128 images, NS 4, teachers 2 epochs on 512 digits, 2 student epochs, 1 seed, "
+                        "evaluation on the first 128 test digits")
     args = p.parse_args(argv)
     if args.quick:
-        args.train_samples = min(args.train_samples or 300, 300)
+        args.train_samples = min(args.train_samples, 128)
         args.num_augmentations = args.num_augmentations or 4
         args.teacher_epochs, args.epochs, args.seeds = 2, 2, 1
-    for name in ("teacher_epochs", "epochs", "seeds", "batch_size", "threads"):
+        args.teacher_samples = args.teacher_samples or 512
+    args.eval_samples = 128 if args.quick else None
+    for name in ("teachers", "teacher_epochs", "epochs", "seeds", "train_samples", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0.0 <= args.p_original <= 1.0:
-        p.error(f"--p-original must lie in [0, 1], got {args.p_original}")
+    if args.teacher_samples < 0:
+        p.error(f"--teacher-samples must be >= 0, got {args.teacher_samples}")
+    if args.epochs < 2 or args.teacher_epochs < 2:
+        p.error("--epochs and --teacher-epochs must be >= 2 (the recipes warm up for one epoch)")
     return args
 
 
@@ -94,185 +96,135 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _test_tensors(policy, source_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test split, normalised (the images are already the policy's output size: no crop)."""
-    from builders.digits import Digits
-    from imagenet_plus.imageio import to_tensor
-
-    test = Digits(split="test", image_size=source_size)
-    if source_size != policy.output_size:
-        raise ValueError(f"the config's source_size {source_size} differs from the policy's output_size "
-                         f"{policy.output_size}; the demo evaluates on the unaugmented test images")
-    x = torch.stack([to_tensor(test[i][0]) for i in range(len(test))])
-    return policy.normalize(x), torch.tensor(test.targets, dtype=torch.int64)
+def _train(argv: list[str]) -> dict:
+    """One ``examples/train.py`` run in this process, its per-epoch JSON lines kept out of the demo's output."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return train_script.main(argv)
 
 
-def _uint8_batch(policy):
-    def convert(batch):
-        x, y = batch
-        return policy.normalize(x), y
-    return convert
-
-
-def train_teachers(args, policy, teacher_base, test_xy, out: Path) -> tuple[list[str], list[str], list[dict]]:
-    """Train each ensemble member; returns (names, checkpoint paths, per-member test metrics).
-
-    Teachers see every training image (``teacher_base``), with random translations of up to
-    ``--teacher-shift`` pixels: a cheap recipe that still makes them accurate on the policy's crops.
-    """
-    from safetensors.torch import save_file
-
-    from imagenet_plus.identity import load_sample
-    from imagenet_plus.imageio import to_tensor
-
-    names = [n.strip() for n in args.teachers.split(",") if n.strip()]
-    folder = out / "teachers"
-    folder.mkdir(parents=True, exist_ok=True)
-    x = policy.normalize(torch.stack([to_tensor(load_sample(teacher_base, i)[0]) for i in range(len(teacher_base))]))
-    y = torch.tensor([load_sample(teacher_base, i)[1] for i in range(len(teacher_base))], dtype=torch.int64)
-    black = policy.normalize(torch.zeros(3, 1, 1, dtype=torch.uint8)).flatten()
-    ckpts, metrics = [], []
-    for k, name in enumerate(names):
-        torch.manual_seed(1000 + k)
-        model = create_model(name, 10)
-        batches = TensorBatches(x, y, args.batch_size, args.teacher_shift, black, seed=1000 + k)
+def train_teachers(args, out: Path) -> list[dict]:
+    """Train the ensemble members; returns one ``{"checkpoint", "test"}`` per member."""
+    members = []
+    for k in range(args.teachers):
+        run = out / "teachers" / f"t{k}"
         t0 = time.perf_counter()
-        train(model, batches, epochs=args.teacher_epochs, batch_to_inputs=lambda b: b, num_classes=10, lr=args.lr)
-        m = evaluate(model, *test_xy)
-        m["train_seconds"] = time.perf_counter() - t0
-        path = folder / f"teacher{k}-{name}.safetensors"
-        save_file({k2: v.detach().contiguous() for k2, v in model.state_dict().items()}, str(path))
-        path.with_suffix(".json").write_text(json.dumps({
-            "model": name, "num_classes": 10, "input_size": [3, policy.output_size, policy.output_size],
-            "mean": list(policy.mean), "std": list(policy.std), "accuracy": m["top1"] / 100.0,
-            "eval_split": "test", "dataset": "digits",
-            "recipe": {"trainer": "examples/digits_demo.py", "train_images": len(x), "epochs": args.teacher_epochs,
-                       "lr": args.lr, "batch_size": args.batch_size, "translate_px": args.teacher_shift}},
-            indent=1) + "\n", encoding="utf-8")
-        log(f"teacher {k} {name}: test top-1 {m['top1']:.2f}% ECE {m['ece']:.2f}% NLL {m['nll']:.4f} "
-            f"({m['train_seconds']:.0f} s, {len(x)} images) -> {path}")
-        ckpts.append(str(path))
-        metrics.append({"name": name, "checkpoint": str(path), **m})
-    return names, ckpts, metrics
+        res = _train(["--recipe", str(TEACHER_RECIPE), "--mode", "erm", "--out", str(run), "--seed", str(1000 + k),
+                      "--epochs", str(args.teacher_epochs), "--workers", str(args.workers), "--no-progress",
+                      "--set", f"data.train_samples={args.teacher_samples or 'null'}",
+                      "--set", f"data.eval_samples={args.eval_samples or 'null'}"])
+        test = res["final"]["test"]
+        seen = f"the first {args.teacher_samples}" if args.teacher_samples else "all 1,433"
+        log(f"teacher {k} test_resnet: test top-1 {test['top1']:.2f}% ECE {test['ece']:.2f}% NLL {test['nll']:.4f} "
+            f"({time.perf_counter() - t0:.0f} s, {seen} training digits) -> {run / 'model.safetensors'}")
+        members.append({"name": "test_resnet", "checkpoint": str(run / "model.safetensors"), **test})
+    return members
 
 
 @torch.no_grad()
-def ensemble_metrics(names, ckpts, policy, test_xy) -> dict:
-    """Test metrics of the ensemble as the builder runs it (``builders/teachers.py``)."""
+def ensemble_metrics(members: list[dict], policy) -> dict:
+    """Test metrics of the ensemble as the builder and the KD arm run it (``builders/teachers.py``)."""
+    from builders.digits import Digits
     from builders.teachers import create_teacher, parse_teacher_list
+    from imagenet_plus.imageio import to_tensor
 
-    teacher = create_teacher(parse_teacher_list(names, ckpts), num_classes=10, pretrained=False)
-    x, y = test_xy
-    raw = (x * torch.tensor(policy.std).view(1, 3, 1, 1) + torch.tensor(policy.mean).view(1, 3, 1, 1)) * 255
-    probs = teacher(raw.round().clamp(0, 255).to(torch.uint8)).double()
-    from _train import expected_calibration_error
-
+    teacher = create_teacher(parse_teacher_list([m["name"] for m in members], [m["checkpoint"] for m in members]),
+                             num_classes=10, pretrained=False)
+    test = Digits(split="test", image_size=policy.output_size)
+    x = torch.stack([to_tensor(test[i][0]) for i in range(len(test))])
+    y = torch.tensor(test.targets)
+    probs = teacher(x).double()
     return {"top1": 100.0 * float((probs.argmax(1) == y).double().mean()),
             "ece": 100.0 * expected_calibration_error(probs, y),
             "nll": float(torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), y)),
             "confidence": 100.0 * float(probs.max(1).values.mean())}
 
 
-def build_store(args, cfg, names, ckpts, out: Path) -> tuple[Path, float]:
+def build_store(args, members: list[dict], out: Path) -> tuple[Path, float]:
+    from builders.build import load_config
     from builders.build import main as build_main
 
     store = out / "digits-plus"
-    if store.exists():  # the demo's own output from an earlier run: the teachers were retrained, rebuild
-        shutil.rmtree(store)
-    cfg = dataclasses.replace(cfg, out=str(store), teacher=names, teacher_checkpoint=ckpts, pretrained=False,
-                              device="cpu", num_workers=0, progress=False, limit_samples=args.train_samples or None)
+    cfg = dataclasses.replace(load_config(ROOT / args.config), out=str(store),
+                              teacher=[m["name"] for m in members],
+                              teacher_checkpoint=[m["checkpoint"] for m in members], pretrained=False,
+                              device="cpu", num_workers=0, progress=False, limit_samples=args.train_samples)
     if args.num_augmentations:
         cfg = dataclasses.replace(cfg, num_augmentations=args.num_augmentations)
-    if args.topk:
-        cfg = dataclasses.replace(cfg, topk=args.topk)
     t0 = time.perf_counter()
     build_main(cfg)
     return store, time.perf_counter() - t0
 
 
-def train_student(args, arm: str, seed: int, policy, train_base, store: Path, test_xy):
-    """One student run; returns its per-epoch logs."""
-    from imagenet_plus import datasets as ipd
+def train_student(args, arm: str, seed: int, store: Path, members: list[dict], out: Path) -> dict:
+    run = out / "students" / f"{arm}-s{seed}"
+    return _train(["--recipe", str(RECIPE), "--mode", arm, "--out", str(run), "--seed", str(seed),
+                   "--epochs", str(args.epochs), "--workers", str(args.workers), "--reinforcements", str(store),
+                   "--teacher", ",".join(m["name"] for m in members),
+                   "--teacher-checkpoint", ",".join(m["checkpoint"] for m in members),
+                   "--set", f"data.train_samples={args.train_samples}",
+                   "--set", f"data.eval_samples={args.eval_samples or 'null'}", "--no-progress"])
 
-    torch.manual_seed(seed)
-    model = create_model(args.student, 10)
-    if arm == "baseline":
-        ds = RandomAugmentDataset(train_base, policy, seed=seed)
-        to_inputs = _uint8_batch(policy)
-    else:
-        ds = ipd.ReinforcedDataset(train_base, str(store), p_original=args.p_original, seed=seed)
-        to_inputs = lambda b: b  # noqa: E731 - already normalised images and dense soft targets
-    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed), persistent_workers=False)
-    return train(model, loader, epochs=args.epochs, batch_to_inputs=to_inputs, num_classes=10, lr=args.lr,
-                 eval_fn=lambda m: evaluate(m, *test_xy))
+
+def _arm_results(runs: list[dict]) -> dict:
+    finals = [r["final"]["test"] for r in runs]
+    return {
+        **{k: summarize([f[k] for f in finals]) for k in ("top1", "ece", "nll", "confidence")},
+        "epoch_seconds": summarize([r["median_epoch_seconds"] for r in runs]),
+        "images_per_s": summarize([r["median_images_per_s"] for r in runs]),
+        "curves": {"top1": [[h["test"]["top1"] for h in r["history"]] for r in runs],
+                   "epoch_seconds": [[h["epoch_seconds"] for h in r["history"]] for r in runs],
+                   "train_loss": [[h["train_loss"] for h in r["history"]] for r in runs]},
+    }
 
 
 def main(argv=None) -> dict:
     """Run the demo; returns the results dict (also written to ``OUT/results.json``)."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from builders.build import create_dataset, load_config
-    from imagenet_plus.augment import create_policy
+    from imagenet_plus import create_policy
+    from imagenet_plus.store import Manifest
 
     t_start = time.perf_counter()
     out = Path(args.out)
+    for own in ("teachers", "students", "digits-plus"):  # this demo's own earlier output: retrained, rebuilt
+        shutil.rmtree(out / own, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(ROOT / args.config if not Path(args.config).is_absolute() else args.config)
-    policy = create_policy(cfg.policy, **({} if cfg.image_size is None else {"output_size": cfg.image_size}))
-    full_train = train_base = create_dataset(cfg)
-    if args.train_samples and args.train_samples < len(train_base):
-        train_base = Subset(train_base, range(args.train_samples))
-    test_xy = _test_tensors(policy, cfg.source_size)
-    log(f"digits: {len(train_base)} training images, {len(test_xy[1])} test images, {policy.output_size} px; "
-        f"policy {policy.name}; student {args.student}; {args.epochs} epochs x {args.seeds} seeds per arm")
-
-    names, ckpts, teacher_members = train_teachers(args, policy, full_train, test_xy, out)
-    teacher_ens = ensemble_metrics(names, ckpts, policy, test_xy)
+    log(f"digits: students train on {args.train_samples} of the 1,433 training digits, {args.epochs} epochs x "
+        f"{args.seeds} seed(s) per arm ({', '.join(ARMS)}); teachers on all of them")
+    members = train_teachers(args, out)
+    policy = create_policy(train_script.load_recipe(RECIPE, "plus")["policy"])
+    teacher_ens = ensemble_metrics(members, policy)
     log(f"teacher ensemble: test top-1 {teacher_ens['top1']:.2f}% ECE {teacher_ens['ece']:.2f}% "
         f"NLL {teacher_ens['nll']:.4f}")
-    store, build_seconds = build_store(args, cfg, names, ckpts, out)
-    from imagenet_plus.store import Manifest
-
+    store, build_seconds = build_store(args, members, out)
     manifest = Manifest.load(store)
     log(f"built {store}: NS={manifest.num_augmentations}, K={manifest.topk}, "
         f"{sum(s.bytes for s in manifest.shards):,} shard bytes in {build_seconds:.0f} s")
 
-    runs: dict[str, list] = {arm: [] for arm in ARMS}
+    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for seed in range(args.seeds):
         for arm in ARMS:
-            logs = train_student(args, arm, seed, policy, train_base, store, test_xy)
-            final = logs[-1].test
-            log(f"student {arm:10s} seed {seed}: top-1 {final['top1']:.2f}% ECE {final['ece']:.2f}% "
-                f"NLL {final['nll']:.4f} epoch {np.median([e.seconds for e in logs]):.2f} s")
-            runs[arm].append(logs)
+            res = train_student(args, arm, seed, store, members, out)
+            final = res["final"]["test"]
+            log(f"student {arm:4s} seed {seed}: top-1 {final['top1']:.2f}% ECE {final['ece']:.2f}% "
+                f"NLL {final['nll']:.4f} epoch {res['median_epoch_seconds']:.2f} s")
+            runs[arm].append(res)
 
-    results: dict = {
-        "settings": {**vars(args), "policy": policy.config, "train_samples_used": len(train_base),
-                     "num_augmentations": manifest.num_augmentations, "topk": manifest.topk,
-                     "torch_threads": torch.get_num_threads()},
-        "teachers": {"members": teacher_members, "ensemble": teacher_ens},
+    results = {
+        "settings": {**vars(args), "policy": policy.config, "num_augmentations": manifest.num_augmentations,
+                     "topk": manifest.topk, "recipe": str(RECIPE.relative_to(ROOT)),
+                     "student": train_script.load_recipe(RECIPE, "erm")["model"]["name"]},
+        "teachers": {"members": members, "ensemble": teacher_ens},
         "build": {"store": str(store), "seconds": build_seconds,
                   "shard_bytes": sum(s.bytes for s in manifest.shards)},
-        "arms": {},
+        "arms": {arm: _arm_results(runs[arm]) for arm in ARMS},
     }
+    erm_epoch = results["arms"]["erm"]["epoch_seconds"]["mean"]
     for arm in ARMS:
-        finals = [r[-1].test for r in runs[arm]]
-        results["arms"][arm] = {
-            "top1": summarize([f["top1"] for f in finals]),
-            "ece": summarize([f["ece"] for f in finals]),
-            "nll": summarize([f["nll"] for f in finals]),
-            "confidence": summarize([f["confidence"] for f in finals]),
-            "epoch_seconds": summarize([float(np.median([e.seconds for e in r])) for r in runs[arm]]),
-            "curves": {"top1": [[e.test["top1"] for e in r] for r in runs[arm]],
-                       "train_loss": [[e.train_loss for e in r] for r in runs[arm]]},
-        }
+        results["arms"][arm]["epoch_vs_erm"] = results["arms"][arm]["epoch_seconds"]["mean"] / erm_epoch
     results["total_seconds"] = time.perf_counter() - t_start
-
     print_table(results)
-    plot_curves({arm: np.array(results["arms"][arm]["curves"]["top1"]) for arm in ARMS}, str(out / "accuracy.png"),
-                title=f"digits ({len(train_base)} training images), student {args.student}\n"
-                      f"test top-1 per epoch, mean ± std over {args.seeds} seed(s)")
+    plot_arms(results, out / "accuracy.png")
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     log(f"wrote {out / 'results.json'} and {out / 'accuracy.png'} ({results['total_seconds']:.0f} s in all)")
     return results
@@ -285,18 +237,51 @@ def print_table(results: dict) -> None:
 
     t = results["teachers"]["ensemble"]
     rows = [("teacher ensemble", f"{t['top1']:.2f}", f"{t['ece']:.2f}", f"{t['nll']:.4f}", f"{t['confidence']:.2f}",
-             "-")]
+             "-", "-")]
     for arm in ARMS:
         a = results["arms"][arm]
-        rows.append((f"student, {arm}", cell(a["top1"], ".2f"), cell(a["ece"], ".2f"), cell(a["nll"], ".4f"),
-                     cell(a["confidence"], ".2f"), cell(a["epoch_seconds"], ".2f")))
-    head = ("", "top-1 (%)", "ECE-15 (%)", "NLL", "confidence (%)", "epoch (s)")
+        rows.append((f"student, {ARM_LABELS[arm]}", cell(a["top1"], ".2f"), cell(a["ece"], ".2f"),
+                     cell(a["nll"], ".4f"), cell(a["confidence"], ".2f"), cell(a["epoch_seconds"], ".2f"),
+                     f"{a['epoch_vs_erm']:.2f}x"))
+    head = ("", "top-1 (%)", "ECE-15 (%)", "NLL", "confidence (%)", "epoch (s)", "vs ERM")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     line = lambda r: "  ".join(v.ljust(widths[i]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(r))  # noqa
     print(line(head))
     print("-" * len(line(head)))
     for r in rows:
         print(line(r))
+
+
+def plot_arms(results: dict, path: Path) -> None:
+    """Test top-1 per epoch (mean ± std over seeds) and against cumulative training time, one curve per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = results["settings"]
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for arm in ARMS:
+        c = results["arms"][arm]["curves"]
+        acc = np.asarray(c["top1"], dtype=np.float64)
+        secs = np.cumsum(np.asarray(c["epoch_seconds"], dtype=np.float64), axis=1).mean(0)
+        mean, std = acc.mean(0), acc.std(0)
+        epochs = np.arange(1, acc.shape[1] + 1)
+        label = f"{ARM_LABELS[arm]} (final {mean[-1]:.2f})"
+        by_epoch.plot(epochs, mean, marker="o", ms=2.5, label=label)
+        by_epoch.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        by_time.plot(secs, mean, marker="o", ms=2.5, label=f"{ARM_LABELS[arm]} ({secs[-1]:.0f} s)")
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("training seconds (mean over seeds)")
+    for ax in (by_epoch, by_time):
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"digits ({s['train_samples']} training images), student {s['student']}, same steps per arm; "
+                 f"mean ± std over {s['seeds']} seed(s)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

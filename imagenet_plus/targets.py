@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_choice
 from .errors import ReinforcementError
 
 __all__ = ["densify", "one_hot", "soft_target_cross_entropy", "SoftTargetCrossEntropy"]
@@ -32,11 +33,8 @@ def densify(topk_ids, topk_probs, num_classes: int, mode: str = "smooth"):
         >>> densify(torch.tensor([[2, 0]]), torch.tensor([[0.6, 0.3]]), 4)
         tensor([[0.3000, 0.0500, 0.6000, 0.0500]])
     """
-    if mode not in _MODES:
-        raise ReinforcementError(f"Unknown value {mode!r} for argument mode. Valid values are {{smooth, none}}.")
+    check_choice(mode, "mode", _MODES)
     is_np = isinstance(topk_probs, np.ndarray) or not torch.is_tensor(topk_probs)
-    if is_np and np.ndim(topk_probs) == 1 and not torch.is_tensor(topk_ids):
-        return _densify_one(np.asarray(topk_ids), np.asarray(topk_probs, dtype=np.float32), num_classes, mode)
     ids = torch.as_tensor(np.asarray(topk_ids) if is_np else topk_ids).long()
     probs = torch.as_tensor(np.asarray(topk_probs, dtype=np.float32) if is_np else topk_probs).float()
     if ids.shape != probs.shape:
@@ -58,26 +56,6 @@ def densify(topk_ids, topk_probs, num_classes: int, mode: str = "smooth"):
     total = out.sum(-1, keepdim=True)
     out = out / torch.where(total > 0, total, torch.ones_like(total))
     return out.numpy() if is_np else out
-
-
-def _densify_one(ids: np.ndarray, probs: np.ndarray, num_classes: int, mode: str) -> np.ndarray:
-    """:func:`densify` of one record in numpy (the per-sample hot path of the datasets); same values."""
-    k = ids.shape[-1]
-    if ids.shape != probs.shape:
-        raise ReinforcementError(f"densify: topk_ids {list(ids.shape)} and topk_probs {list(probs.shape)} differ")
-    if k > num_classes:
-        raise ReinforcementError(f"densify: K={k} exceeds num_classes={num_classes}")
-    if k and (ids.min() < 0 or ids.max() >= num_classes):
-        raise ReinforcementError(f"densify: class ids must lie in [0, {num_classes}), got "
-                                 f"[{int(ids.min())}, {int(ids.max())}]; is num_classes right?")
-    if mode == "smooth" and num_classes > k:
-        rest = max(np.float32(1.0) - probs.sum(dtype=np.float32), np.float32(0.0)) / np.float32(num_classes - k)
-        out = np.full(num_classes, rest, dtype=np.float32)
-    else:
-        out = np.zeros(num_classes, dtype=np.float32)
-    out[ids] = probs
-    total = out.sum(dtype=np.float32)
-    return out / total if total > 0 else out
 
 
 def one_hot(labels, num_classes: int):
@@ -111,7 +89,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduct
         return loss.sum()
     if reduction == "none":
         return loss
-    raise ReinforcementError(f"Unknown value {reduction!r} for argument reduction. Valid values are {{mean, sum, none}}.")
+    check_choice(reduction, "reduction", ("mean", "sum", "none"))
+    raise AssertionError("unreachable")
 
 
 class SoftTargetCrossEntropy(nn.Module):
@@ -123,10 +102,7 @@ class SoftTargetCrossEntropy(nn.Module):
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if reduction not in ("mean", "sum", "none"):
-            raise ReinforcementError(f"Unknown value {reduction!r} for argument reduction. "
-                                     "Valid values are {mean, sum, none}.")
-        self.reduction = reduction
+        self.reduction = check_choice(reduction, "reduction", ("mean", "sum", "none"))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return soft_target_cross_entropy(logits, target, self.reduction)

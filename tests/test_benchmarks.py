@@ -45,11 +45,11 @@ def test_training_cost_tiny():
     out = _run("training_cost.py", "--samples", "64", "--num-augmentations", "2", "--epochs", "1",
                "--batch-size", "32")
     assert out["benchmark"] == "training_cost"
-    for arm in ("original", "reinforced"):
+    for arm in ("erm", "kd", "plus"):
         assert len(out[arm]["epoch_seconds"]) == 1 and out[arm]["median_epoch_seconds"] > 0
         assert out[arm]["median_data_seconds"] > 0
-    assert out["ratio"] == pytest.approx(out["reinforced"]["median_epoch_seconds"]
-                                         / out["original"]["median_epoch_seconds"])
+    assert out["ratio"] == pytest.approx(out["plus"]["median_epoch_seconds"] / out["erm"]["median_epoch_seconds"])
+    assert out["kd_ratio"] == pytest.approx(out["kd"]["median_epoch_seconds"] / out["erm"]["median_epoch_seconds"])
     assert out["target_ratio"] == 1.05 and isinstance(out["meets_target"], bool)
     assert out["settings"]["samples"] == 64 and out["settings"]["num_augmentations"] == 2
 

@@ -26,7 +26,7 @@ from fakes.torchvision_data import make_cifar100, make_food101, skip_md5_checks
 from imagenet_plus.augment import create_policy
 from imagenet_plus.errors import AlignmentError, PolicyError, ReinforcementError, StoreError
 from imagenet_plus.hf import check_parquet, create_transform, export_parquet, parquet_features
-from imagenet_plus.reinforce import build_reinforcements
+from imagenet_plus.build import build_reinforcements
 from imagenet_plus.store import open_store
 from imagenet_plus.targets import densify, soft_target_cross_entropy
 
@@ -210,7 +210,7 @@ def test_parity_with_reinforced_dataset(built):
 def test_original_rows_get_the_policys_random_augmentation(built):
     """p_original=1: every item is the original with Policy.sample's draw on the original stream, unmixed."""
     from imagenet_plus import _rng
-    from imagenet_plus.datasets import _STREAM_ORIGINAL
+    from imagenet_plus.replay import _STREAM_ORIGINAL
 
     base, policy, folder, _ = built
     ds = datasets.load_dataset(str(folder), split="train")
@@ -262,7 +262,7 @@ def test_imagenet_card_and_no_images(tmp_path):
                             samples_per_shard=3, augs_per_shard=2, dataset="imagenet", policy=policy.config,
                             param_fields=policy.fields)
     store = open_store(fake.root)
-    with pytest.raises(ReinforcementError, match="ImageNet's terms of access forbid"):
+    with pytest.raises(ReinforcementError, match="'imagenet': its terms of access forbid"):
         export_parquet(store, tmp_path / "in", base=object(), images=True)
     # a torchvision ImageNet base is refused whatever the store calls its dataset
     from torchvision.datasets import ImageNet
@@ -271,9 +271,9 @@ def test_imagenet_card_and_no_images(tmp_path):
 
     inet = ImageNet(str(make_imagenet(tmp_path / "inet", classes=2, n_per_class=3).root), split="train")
     other = write_fake_store(tmp_path / "other", num_samples=6, num_augmentations=2, dataset="my-copy")
-    with pytest.raises(ReinforcementError, match="ImageNet's terms of access forbid"):
+    with pytest.raises(ReinforcementError, match="terms of access forbid"):
         export_parquet(open_store(other.root), tmp_path / "other", base=inet, images=True)
-    with pytest.raises(ReinforcementError, match=r"rows_per_group=0: pass a positive integer"):
+    with pytest.raises(ReinforcementError, match=r"Invalid value 0 for argument rows_per_group"):
         export_parquet(open_store(other.root), tmp_path / "other", rows_per_group=0)
     result = export_main(ExportConfig(store=str(fake.root), progress=False))
     text = result.card.read_text()
@@ -298,7 +298,7 @@ def test_export_checks_alignment(built, tmp_path):
     original = base.data[4].copy()
     base.data[4, 0, 0] ^= 255
     try:
-        with pytest.raises(AlignmentError, match=r"sample 4 \('train/4'\).*content hash"):
+        with pytest.raises(AlignmentError, match=r"sample 4 \(key 'train/4'\).*content differs"):
             export_parquet(store, tmp_path / "out", base=base, images=True)
     finally:
         base.data[4] = original
@@ -354,8 +354,9 @@ def test_from_the_hub_with_no_torchvision_root(built, tmp_path, monkeypatch):
         mp.setattr(datasets.config, "HF_HUB_OFFLINE", False)
         ds = datasets.load_dataset(REPO, split="train", revision="v1")
         transform = create_transform(f"{REPO}@v1", seed=5)
+    # the shards stay on the Hub; the samples file travels: each row's image is checked against it
     assert server.downloaded(REPO) == ["README.md", "data/train-00000-of-00002.parquet",
-                                       "data/train-00001-of-00002.parquet", "manifest.json"]
+                                       "data/train-00001-of-00002.parquet", "manifest.json", "samples.safetensors"]
     local = create_transform(folder, seed=5)
     assert ds.features == datasets.load_dataset(str(folder), split="train").features
     for i in (0, 9):
@@ -421,8 +422,8 @@ def test_export_cli_digits_demo(tmp_path, capsys):
     """`builders/export.py STORE` on a digits build: the base is reopened from the manifest, images included."""
     from torch.utils.data import Subset
 
-    from builders.digits import Digits
     from builders.export import cli
+    from imagenet_plus.adapters import Digits
 
     base = Subset(Digits(split="train", image_size=16), range(12))
     store_dir = tmp_path / "digits-plus"
@@ -430,13 +431,14 @@ def test_export_cli_digits_demo(tmp_path, capsys):
                          teacher=_TinyTeacher(10), num_classes=10, num_augmentations=2, topk=3, seed=0,
                          dataset_name="digits", teacher_desc={"models": ["tiny-random-cnn"]}, samples_per_shard=8,
                          augs_per_shard=2, batch_size=8, device="cpu", progress=False, extra={"limit_samples": 12})
-    assert cli([str(store_dir), "--source-size", "16", "--repo-id", "org/digits-plus", "--quiet"]) == 0
+    assert cli([str(store_dir), "--repo-id", "org/digits-plus", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["card"] == str(store_dir / "README.md") and len(out["parquet"]) == 1
     ds = datasets.load_dataset(str(store_dir), split="train")
     assert isinstance(ds.features["image"], datasets.Image) and len(ds) == 12
     item = ds.with_transform(create_transform(store_dir, seed=0))[3]
     assert item["pixel_values"].shape == (3, 16, 16) and item["soft_target"].shape == (10,)
-    # a wrong --source-size decodes other pixels: refused, naming the sample
-    assert cli([str(store_dir), "--source-size", "24", "--overwrite", "--quiet"]) == 2
-    assert "content hash differs" in capsys.readouterr().err
+    # the image column holds the decoded digits at the store's recorded size (16 px)
+    assert np.array_equal(np.asarray(ds[3]["image"].convert("RGB")), np.asarray(base[3][0]))
+    card = (store_dir / "README.md").read_text()
+    assert "self-contained" in card and "(with images)" in card

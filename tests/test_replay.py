@@ -13,7 +13,7 @@ import torch
 
 from _augment_photos import photos
 from imagenet_plus.augment import create_policy
-from imagenet_plus.errors import PolicyError
+from imagenet_plus.errors import ArgumentError, PolicyError
 from imagenet_plus.replay import DeviceReplay
 from imagenet_plus.targets import densify
 
@@ -160,10 +160,13 @@ def test_bad_batches_raise_policy_error(imgs):
     bad = dict(batch, params=dict(batch["params"], ops=batch["params"]["ops"] | (15 << 1)))
     with pytest.raises(PolicyError, match="op id 15"):
         replay(bad)
-    with pytest.raises(PolicyError, match="densify"):
+    with pytest.raises(ArgumentError, match="Unknown value 'hard' for argument densify"):
         DeviceReplay(policy, 10, densify="hard")
-    with pytest.raises(PolicyError, match="num_classes"):
+    with pytest.raises(ArgumentError, match="argument num_classes"):
         DeviceReplay(policy, 0)
+    if not torch.cuda.is_available():
+        with pytest.raises(PolicyError, match="CUDA is not available"):
+            DeviceReplay(policy, 10, device="cuda")
 
 
 def test_gpu_check_runs_on_cpu_small():

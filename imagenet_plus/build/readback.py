@@ -107,7 +107,8 @@ def check_written_shard(root: Path, work, probe: Probe, adapter, policy, num_cla
     if policy.uses_mix and int(stored["mix_kind"].reshape(-1)[0]) != 0:
         partner = [adapter.load(int(stored["mix_partner"].reshape(-1)[0])).image]
         pparams = _row(work.partner_params, r)  # the partner's own record may be in a shard not written yet
-    probe.compare(render(policy, [image], stored, partner, pparams)[0], "read back from its shard and replayed")
+    probe.compare(render(policy, [image], stored, partner, pparams, normalized=False)[0],
+                  "read back from its shard and replayed")
 
 
 def check_store(root: Path, adapter, policy, probes: list[Probe]) -> None:

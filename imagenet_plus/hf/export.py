@@ -200,10 +200,14 @@ def _open_for_export(store, base, images: bool):
     if store.num_augmentations != m.num_augmentations:
         raise StoreError(f"{store.root}: opened with num_augmentations={store.num_augmentations} of "
                          f"{m.num_augmentations}; the export covers every stored augmentation, open it with all")
+    forbidden = ReinforcementError(f"images=True for dataset {m.dataset!r}: its terms of access forbid "
+                                   "redistributing its images; export without images (the card tells users to bring "
+                                   "their own copy)")
+    if images and images_forbidden(m.dataset):
+        raise forbidden
     adapter = adapt(base) if base is not None else None
-    if images and (images_forbidden(m.dataset) or (adapter is not None and adapter.redistributable is False)):
-        raise ReinforcementError(f"images=True for dataset {m.dataset!r}: its terms of access forbid redistributing "
-                                 "its images; export without images (the card tells users to bring their own copy)")
+    if images and adapter is not None and adapter.redistributable is False:
+        raise forbidden
     if images and adapter is None:
         raise ReinforcementError("images=True needs base= (the dataset the store was built from) to read the "
                                  "images from")

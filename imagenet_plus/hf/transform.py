@@ -150,28 +150,41 @@ class ReplayTransform:
     # -- items -----------------------------------------------------------------------------------------
     def items(self, rows: Sequence[Mapping[str, Any]], epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images ``[B, 3, S, S]`` and dense targets ``[B, C]`` of ``rows`` in ``epoch``."""
+        index = self._index(rows)
+        e = self.chooser.epoch.get() if epoch is None else int(epoch)
+        original, aug = self.chooser.choose(index, e)
+        return self._replay(rows, index, original, np.where(original, 0, aug), e)
+
+    def replay(self, row: Mapping[str, Any], j: int) -> dict[str, torch.Tensor]:
+        """Stored augmentation ``j`` of one row, exactly (no choice): ``{"pixel_values", "soft_target"}``."""
+        if not 0 <= int(j) < self.num_augmentations:
+            raise IndexError(f"augmentation {j} outside [0, {self.num_augmentations})")
+        index = self._index([row])
+        x, y = self._replay([row], index, np.zeros(1, bool), np.array([int(j)]), 0)
+        return {"pixel_values": x[0], "soft_target": y[0]}
+
+    @staticmethod
+    def _index(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         if any("index" not in r for r in rows):
             raise StoreError("rows have no 'index' column; load the Parquet export of the store (or keep the "
                              "'index' column when selecting columns)")
-        index = np.asarray([int(r["index"]) for r in rows], dtype=np.int64)
+        return np.asarray([int(r["index"]) for r in rows], dtype=np.int64)
+
+    def _replay(self, rows, index: np.ndarray, original: np.ndarray, aug: np.ndarray, epoch: int):
         images = [self._image(r, int(i)) for r, i in zip(rows, index)]
-        e = self.chooser.epoch.get() if epoch is None else int(epoch)
-        original, aug = self.chooser.choose(index, e)
-        aug = np.where(original, 0, aug)
         params, ids, probs = self._records(rows, index, aug)
         labels = np.asarray([int(r.get("label", -1)) for r in rows], dtype=np.int64)
         if original.any():
             o = np.flatnonzero(original)
             if (labels[o] < 0).any():
                 raise StoreError("rows have no 'label'; original images (p_original > 0) are paired with it")
-            fresh = original_params(self.policy, self.seed, index[o], e, [images[b].height for b in o],
+            fresh = original_params(self.policy, self.seed, index[o], epoch, [images[b].height for b in o],
                                     [images[b].width for b in o], self.manifest.num_samples)
             for k, v in fresh.items():
                 params[k][o] = v.astype(params[k].dtype)
         pimages, pparams = self._partners(params, original, aug) if self.policy.uses_mix else (None, None)
         x = render(self.policy, images, params, pimages, pparams)
-        return x, make_targets(ids, probs, original, labels, self.manifest.num_classes,
-                                                      self.densify)
+        return x, make_targets(ids, probs, original, labels, self.manifest.num_classes, self.densify)
 
     def item(self, row: Mapping[str, Any], epoch: int | None = None) -> dict[str, torch.Tensor]:
         """The training item of one row (a ``dict`` of column values)."""
