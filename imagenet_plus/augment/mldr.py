@@ -3,9 +3,13 @@
 A policy config with ``"flavour": "ml-dr"`` (what ``imagenet-plus import-ml-dr`` writes into an
 imported store's manifest) replays ml-dr's published reinforcements pixel for pixel. It is the
 same engine (:class:`~imagenet_plus.augment.Policy` over :mod:`~imagenet_plus.augment.stages`):
-flip, RandAugment and erasing are the package's own stages, unchanged. Two stages differ, as
-ml-dr's pipeline differs from torchvision's (``docs/ml-dr-format.md``, sections 3 and 8):
+the flip, RandAugment's op table, magnitudes, grouping and geometric kernels, and erasing are the
+package's own stages. What differs follows where ml-dr's pipeline differs from torchvision's
+(``docs/ml-dr-format.md``, sections 3 and 8):
 
+* **RandAugment with torchvision's v1 kernels** for Color, Contrast, Sharpness and AutoContrast
+  (:class:`V1RandAugment`): ml-dr's teacher ran ``torchvision.transforms`` (v1) on uint8 tensors,
+  whose kernels round those four ops differently from the engine's v2 ones by up to a level.
 * **Geometry resized by PIL.** ml-dr crops the decoded *PIL* image (``RandomResizedCrop``, or
   CIFAR's ``Resize(224)`` + ``RandomCrop(224, padding=16)``), so the resize is PIL's antialiased
   bilinear (``image.crop(box).resize((S, S), BILINEAR)``, what torchvision does on PIL images).
@@ -56,8 +60,8 @@ from .config import _fail, _num
 from .stages import (MAX_PARTNER, Batch, Erasing, Flip, Mixing, PadCrop, RandAugment, Records, ResizedCrop, Stage,
                      _box_dtype, _check_boxes, host, pack_slots, write_unmixed)
 
-__all__ = ["MIX_DEFAULTS", "LAM_ONE_BITS", "check_config", "create_mldr_stages", "PILResizedCrop", "PILPadCrop",
-           "MLDRMixing", "lam_to_bits", "lam_from_bits"]
+__all__ = ["MIX_DEFAULTS", "LAM_ONE_BITS", "V1_OPS", "check_config", "create_mldr_stages", "PILResizedCrop",
+           "PILPadCrop", "V1RandAugment", "MLDRMixing", "apply_ra_op_v1", "lam_to_bits", "lam_from_bits"]
 
 #: The ``mix`` section of an ml-dr config: MixUp ``Beta(alpha, alpha) / div_by`` with probability
 #: ``mixup_p``, CutMix ``Beta(alpha, alpha)`` with probability ``cutmix_p``, independently (ml-dr's
@@ -134,6 +138,42 @@ class PILPadCrop(PadCrop):
     def crop(self, x, params: Mapping[str, Any]) -> torch.Tensor:
         top, left, rh, rw = self.offsets(x, params)
         return self.pad_and_crop(_tensor(_pil(x).resize((rw, rh), Image.BILINEAR)), top, left)
+
+
+# ----------------------------------------------------------------------------- RandAugment
+#: Ops whose v2 kernel (the engine's) rounds differently from torchvision's v1 tensor kernel, by up
+#: to one level (grey levels truncated before the blend in v1, the float order of the blurs): the
+#: ml-dr flavour runs them with the v1 kernels ml-dr's teacher ran (``transforms.functional`` on
+#: uint8 tensors, unchanged from torchvision 0.13 to 0.29). The other ops' engine kernels equal v1's.
+V1_OPS = frozenset({"Color", "Contrast", "Sharpness", "AutoContrast"})
+
+
+def apply_ra_op_v1(images: torch.Tensor, op: str, magnitude: float, interpolation: str, fill: int) -> torch.Tensor:
+    """One RandAugment op as torchvision's v1 ``RandAugment`` applies it to a uint8 batch."""
+    if op not in V1_OPS:
+        return _ops.apply_ra_op(images, op, magnitude, interpolation, fill)
+    from torchvision.transforms import functional as F1
+
+    if op == "Color":
+        return F1.adjust_saturation(images, 1.0 + magnitude)
+    if op == "Contrast":
+        return F1.adjust_contrast(images, 1.0 + magnitude)
+    if op == "Sharpness":
+        return F1.adjust_sharpness(images, 1.0 + magnitude)
+    return F1.autocontrast(images)
+
+
+class V1RandAugment(RandAugment):
+    """The engine's RandAugment (same fields, op table and magnitudes) with :func:`apply_ra_op_v1`'s kernels."""
+
+    def finish(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if not self.num_ops:
+            return x
+        codes = self.codes(batch)
+        c = self.config
+        return _ops.apply_randaugment(x, codes & 15, (codes >> 4).astype(bool), magnitude=c["magnitude"],
+                                      num_bins=c["num_magnitude_bins"], interpolation=c["interpolation"],
+                                      fill=c["fill"], apply_op=apply_ra_op_v1)
 
 
 # ----------------------------------------------------------------------------- mixing
@@ -243,7 +283,7 @@ def create_mldr_stages(config: dict) -> list[Stage]:
     single: list[Stage] = [PILResizedCrop(g, size) if g["kind"] == "rrc" else PILPadCrop(g, size),
                            Flip(config["hflip"])]
     if config["randaugment"]:
-        single.append(RandAugment(config["randaugment"]))
+        single.append(V1RandAugment(config["randaugment"]))
     if config["erasing"]:
         single.append(Erasing(config["erasing"], size))
     if not config["mix"]:

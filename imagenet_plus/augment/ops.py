@@ -317,7 +317,7 @@ def _sharpness(images: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def apply_randaugment(images: torch.Tensor, op_ids, negative, *, magnitude: int, num_bins: int,
-                      interpolation: str, fill: int) -> torch.Tensor:
+                      interpolation: str, fill: int, apply_op=None) -> torch.Tensor:
     """Apply per-record RandAugment op sequences to a batch.
 
     Records are grouped by (op, sign) at each position: the batch is gathered in group
@@ -332,10 +332,12 @@ def apply_randaugment(images: torch.Tensor, op_ids, negative, *, magnitude: int,
         num_bins: the number of magnitude bins.
         interpolation: "nearest" or "bilinear" (geometric ops).
         fill: fill value of the geometric ops.
+        apply_op: the per-op kernel (default :func:`apply_ra_op`; the ml-dr flavour passes its own).
 
     Returns:
         uint8 ``[B, 3, H, W]``.
     """
+    apply_op = apply_ra_op if apply_op is None else apply_op
     h, w = images.shape[-2:]
     codes = _as_np(op_ids).astype(np.int64) * 2 + _as_np(negative).astype(np.int64)
     plans, orders = _group_plans(codes)
@@ -345,7 +347,7 @@ def apply_randaugment(images: torch.Tensor, op_ids, negative, *, magnitude: int,
         op = RA_OPS[code // 2]
         if op == "Identity":
             return x
-        return apply_ra_op(x, op, ra_magnitude(op, magnitude, num_bins, h, w, bool(code % 2)), interpolation, fill)
+        return apply_op(x, op, ra_magnitude(op, magnitude, num_bins, h, w, bool(code % 2)), interpolation, fill)
 
     out = images
     for plan in plans:
