@@ -26,6 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from safetensors.numpy import save as _st_save
 
@@ -85,10 +86,12 @@ class OutputFolder:
     plan: BuildPlan
     _shards: set[str] = field(init=False, repr=False)
     _state: set[str] = field(init=False, repr=False)
+    #: the command whose folders these are (recorded in ``settings.json``; another command's are refused)
+    builder: ClassVar[str] = _BUILDER
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        self.settings = {"builder": _BUILDER, **self.settings}
+        self.settings = {"builder": self.builder, **self.settings}
         self._shards = {sh.file_name for sh in self.plan.shards}
         self._state = ({SETTINGS_NAME} | {identity_part_name(*b) for b in self.plan.sample_blocks}
                        | {shard_state_name(sh) for sh in self.plan.shards})
@@ -155,8 +158,8 @@ class OutputFolder:
             d = json.loads(p.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             d = None
-        if not isinstance(d, dict) or d.get("builder") != _BUILDER:
-            raise BuildError(f"--out {self.root}: {p} was not written by imagenet-plus build (a folder of yours?); "
+        if not isinstance(d, dict) or d.get("builder") != self.builder:
+            raise BuildError(f"--out {self.root}: {p} was not written by {self.builder} (a folder of yours?); "
                              "choose another --out, or move .build/ away yourself (nothing was touched)")
         return d
 

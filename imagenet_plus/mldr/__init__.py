@@ -11,17 +11,40 @@ checked numpy arrays and imports them into this package's store:
 * :func:`decode_sample` unpickles one sample with a restricted unpickler
   (:func:`load_torch_file`) and returns its :class:`SampleRecords`; it is a plain function of
   picklable arguments, for worker processes (:func:`decode_member` takes a :class:`SampleMember`);
-* :func:`import_mldr` (the ``imagenet-plus import-ml-dr`` command) converts a whole archive into a
-  store over the user's copy of the dataset, replayed by the package's ``ml-dr`` policy flavour.
+* :func:`import_mldr` (the ``imagenet-plus import-ml-dr`` command, :mod:`imagenet_plus.mldr.cli`)
+  converts a whole archive into a store over the user's copy of the dataset, replayed by the
+  package's ``ml-dr`` policy flavour (:mod:`imagenet_plus.augment.mldr`).
+
+Names are imported on first use, so the command line starts without numpy or torch.
 """
 
 from __future__ import annotations
 
-from ._archive import MLDRArchive, SampleMember, open_archive
-from ._config import DATASETS, MLDR_RA_OPS, VARIANTS, Layout, parse_config
-from ._records import SampleRecords, decode_member, decode_records, decode_sample
-from ._unpickle import load_pickle, load_torch_file
+_LAZY = {
+    "open_archive": "._archive", "MLDRArchive": "._archive", "SampleMember": "._archive",
+    "parse_config": "._config", "Layout": "._config", "VARIANTS": "._config", "DATASETS": "._config",
+    "MLDR_RA_OPS": "._config",
+    "decode_sample": "._records", "decode_member": "._records", "decode_records": "._records",
+    "SampleRecords": "._records",
+    "load_torch_file": "._unpickle", "load_pickle": "._unpickle",
+    "import_mldr": ".importer", "ImportResult": ".importer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["open_archive", "MLDRArchive", "SampleMember", "parse_config", "Layout", "decode_sample",
            "decode_member", "decode_records", "SampleRecords", "load_torch_file", "load_pickle", "VARIANTS",
-           "DATASETS", "MLDR_RA_OPS"]
+           "DATASETS", "MLDR_RA_OPS", "import_mldr", "ImportResult"]

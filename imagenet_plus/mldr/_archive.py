@@ -21,6 +21,7 @@ refuses duplicates and, at the end, missing samples, naming the last member read
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tarfile
@@ -34,7 +35,7 @@ from .._checks import check_int
 from ..errors import ImportFormatError
 from ._unpickle import MAX_PICKLE_BYTES, load_torch_file
 
-__all__ = ["SampleMember", "MLDRArchive", "open_archive", "CONFIG_NAME", "DEFAULT_BUFFER_BYTES"]
+__all__ = ["SampleMember", "MLDRArchive", "open_archive", "fingerprint_source", "CONFIG_NAME", "DEFAULT_BUFFER_BYTES"]
 
 CONFIG_NAME = "config.pth.tar"
 #: Sample members read before the config is seen are kept up to this many bytes.
@@ -71,10 +72,13 @@ class MLDRArchive:
         require_complete: raise at the end of iteration unless every index in ``[0, N)`` was seen.
 
     Attributes:
-        config: the unpickled config (a dict; :func:`~imagenet_plus.mldr._records.parse_config`
+        config: the unpickled config (a dict; :func:`~imagenet_plus.mldr.parse_config`
             turns it into a layout). config_member: where it came from. kind: ``"tar.gz"``,
             ``"tar"`` or ``"folder"``. skipped: names of members that are neither samples nor the
             config (directories excluded), at most 1000 of them; ``num_skipped`` counts all.
+        sha256: after a complete iteration, the hex sha256 of the archive file (hashed while
+            streaming it) or, for a folder, of its sample files' bytes in index order; else None.
+        bytes_read: the bytes that hash covers.
 
     Raises:
         ImportFormatError: no config, two configs, a truncated or unreadable archive, joblib files.
@@ -89,6 +93,8 @@ class MLDRArchive:
         self.kind = _detect_kind(self.source)
         self.skipped: list[str] = []
         self.num_skipped = 0
+        self.sha256: str | None = None
+        self.bytes_read = 0
         self._prefix: str | None = None
         self._pending: list[SampleMember] | None = None  # members read while looking for the config
         self._rest: Iterator | None = None  # the stream, positioned after the config
@@ -105,7 +111,7 @@ class MLDRArchive:
                 if not cfg.is_file():
                     raise ImportFormatError(f"{self._root}: no {CONFIG_NAME} in this folder; it is not an ml-dr "
                                             f"reinforcement folder, or the config was lost while extracting: "
-                                            f"extract it again or pass config_file=.")
+                                            f"extract it again or pass it with --config (config_file=).")
                 self.config_member = str(cfg)
                 self.config = self._load_config(cfg.read_bytes(), self.config_member)
         elif self.config is None:
@@ -162,7 +168,8 @@ class MLDRArchive:
                 else:
                     pending.append(SampleMember(int(_SAMPLE_RE.fullmatch(_split(name)[1])[1]), name, read()))
         raise ImportFormatError(f"{self.source}: no {CONFIG_NAME} in the archive; it is not a complete ml-dr "
-                                f"reinforcement archive (or the download is truncated). {_REDOWNLOAD}")
+                                f"reinforcement archive (or the download is truncated). {_REDOWNLOAD} If you have its "
+                                f"{CONFIG_NAME} as a separate file, pass it with --config (config_file=).")
 
     def _scan_plain_tar(self) -> None:
         """Find the config of an uncompressed tar by its headers (seeking over the data)."""
@@ -177,7 +184,8 @@ class MLDRArchive:
             raise ImportFormatError(f"{self.source}: unreadable tar while looking for {CONFIG_NAME} "
                                     f"({type(e).__name__}: {e}). {_REDOWNLOAD}") from None
         raise ImportFormatError(f"{self.source}: no {CONFIG_NAME} in the archive; it is not a complete ml-dr "
-                                f"reinforcement archive (or the download is truncated). {_REDOWNLOAD}")
+                                f"reinforcement archive (or the download is truncated). {_REDOWNLOAD} If you have its "
+                                f"{CONFIG_NAME} as a separate file, pass it with --config (config_file=).")
 
     # ------------------------------------------------------------------ members
     def _classify(self, name: str, info) -> str:
@@ -222,10 +230,13 @@ class MLDRArchive:
                                         f"{_REDOWNLOAD}") from None
 
         try:
-            with open(self.source, "rb") as f, tarfile.open(fileobj=f, mode=mode) as tf:
-                for info in tf:
-                    yield info.name, info, (lambda i=info: read(tf, i))
-                    last = info.name
+            with open(self.source, "rb") as raw:
+                f = _HashingReader(raw)
+                with tarfile.open(fileobj=f, mode=mode) as tf:
+                    for info in tf:
+                        yield info.name, info, (lambda i=info: read(tf, i))
+                        last = info.name
+                self.sha256, self.bytes_read = f.finish(), f.count
         except _STREAM_ERRORS as e:
             raise ImportFormatError(f"{self.source}: the archive is truncated or corrupt after member {last} "
                                     f"({type(e).__name__}: {e}). {_REDOWNLOAD}") from None
@@ -257,10 +268,13 @@ class MLDRArchive:
                                     f"to different reinforcements. Pass the archive's own config (or none).")
 
     def _folder_root(self) -> Path:
+        return self._folder_root_of(self.source)
+
+    @staticmethod
+    def _folder_root_of(root: Path) -> Path:
         def holds(d: Path) -> bool:
             return (d / CONFIG_NAME).is_file() or any(_SAMPLE_RE.fullmatch(e.name) for e in os.scandir(d))
 
-        root = self.source
         if holds(root):
             return root
         subs = [d for d in sorted(root.iterdir()) if d.is_dir() and holds(d)]
@@ -282,12 +296,17 @@ class MLDRArchive:
                 self.num_skipped += 1
                 if len(self.skipped) < 1000:
                     self.skipped.append(e.name)
+        digest, count = hashlib.sha256(), 0
         for i in sorted(index):
             path = self._root / index[i]
             if path.stat().st_size > MAX_PICKLE_BYTES:
                 raise ImportFormatError(f"{path}: larger than the {MAX_PICKLE_BYTES}-byte limit for one ml-dr "
                                         f"sample; not an ml-dr reinforcement file.")
-            yield SampleMember(i, str(path), path.read_bytes())
+            data = path.read_bytes()
+            digest.update(data)
+            count += len(data)
+            yield SampleMember(i, str(path), data)
+        self.sha256, self.bytes_read = digest.hexdigest(), count
 
     def __iter__(self) -> Iterator[SampleMember]:
         """Yield every sample member once, checked against ``[0, N)`` and for duplicates.
@@ -320,6 +339,50 @@ class MLDRArchive:
                                     f"{len(missing)}, e.g. {missing[:5].tolist()}. It ended after member {last}: "
                                     f"the archive may be truncated (download it again) or belong to another "
                                     f"dataset or split.")
+
+
+class _HashingReader:
+    """A read-only file that hashes what is read through it (tarfile's stream mode reads sequentially)."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.hash, self.count = raw, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def finish(self) -> str:
+        """Hash the rest of the file (tarfile stops at the end-of-archive blocks); the file's hex sha256."""
+        while True:
+            data = self.raw.read(1 << 22)
+            if not data:
+                return self.hash.hexdigest()
+            self.hash.update(data)
+            self.count += len(data)
+
+
+def fingerprint_source(source: str | os.PathLike, edge_bytes: int = 1 << 20) -> dict:
+    """A cheap identity of an archive, known before streaming it (a resumed import must see the same one).
+
+    A file: its name, size and the sha256 of its first and last ``edge_bytes``. A folder: its name, the
+    number and total size of its sample files and the sha256 of their sorted ``name size`` listing.
+    """
+    p = Path(source)
+    if p.is_dir():
+        root = MLDRArchive._folder_root_of(p)
+        entries = sorted((e.name, e.stat().st_size) for e in os.scandir(root)
+                         if e.is_file() and (_SAMPLE_RE.fullmatch(e.name) or e.name == CONFIG_NAME))
+        listing = "".join(f"{n} {size}\n" for n, size in entries).encode()
+        return {"kind": "folder", "name": p.name, "files": len(entries), "bytes": sum(s for _, s in entries),
+                "listing_sha256": hashlib.sha256(listing).hexdigest()}
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = hashlib.sha256(f.read(edge_bytes)).hexdigest()
+        f.seek(max(0, size - edge_bytes))
+        tail = hashlib.sha256(f.read(edge_bytes)).hexdigest()
+    return {"kind": _detect_kind(p), "name": p.name, "bytes": size, "head_sha256": head, "tail_sha256": tail}
 
 
 class _FileInfo(NamedTuple):
