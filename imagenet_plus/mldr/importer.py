@@ -88,7 +88,11 @@ def _teacher(config: dict) -> dict:
     """The manifest's teacher description: ml-dr's config entry (JSON values only) and where it comes from."""
     raw = config.get("teacher") if isinstance(config.get("teacher"), dict) else {}
     keep = {k: v for k, v in raw.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    return {"source": "apple/ml-dr", **keep}
+    out = {"source": "apple/ml-dr", **keep}
+    if isinstance(keep.get("name"), str):  # ml-dr names an ensemble's timm models in one comma-separated string
+        out["names"] = [n.strip() for n in out.pop("name").split(",") if n.strip()]
+        out["ensemble"] = "mean of probabilities" if len(out["names"]) > 1 else None
+    return out
 
 
 def _provenance(archive, layout, fp: dict) -> dict:
