@@ -247,3 +247,17 @@ def test_usage_errors_exit_2(capsys, tmp_path):
     assert main(["import-ml-dr", str(tmp_path / "missing.tar.gz"), "--dataset", "food101", "--data-root",
                  str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_info_verify_and_show_work_on_an_imported_store(food, tmp_path, capsys):
+    root, adapter, fa, _ = food
+    out = tmp_path / "out"
+    assert main(_argv(fa.path, root, out)) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "imported from" in text and "apple/ml-dr" in text and "rrc+ra/re" in text and fa.path.name in text
+    assert main(["verify", str(out), "--full", "--data-root", str(root), "--workers", "0"]) == 0
+    assert main(["show", str(out), "--data-root", str(root), "--index", "3", "--num", "3", "--out",
+                 str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0

@@ -47,7 +47,8 @@ def photos() -> list[Image.Image]:
 def crops(photos) -> torch.Tensor:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(3)
-        boxes = [(im, T.RandomResizedCrop.get_params(im, [0.08, 1.0], [3 / 4, 4 / 3])) for im in photos for _ in range(4)]
+        boxes = [(im, T.RandomResizedCrop.get_params(im, [0.08, 1.0], [3 / 4, 4 / 3]))
+                 for im in photos for _ in range(4)]
     return torch.stack([F.pil_to_tensor(geometry(im, b, "rrc")) for im, b in boxes])
 
 

@@ -9,7 +9,6 @@ and Food-101's copies have one image per class (the stores must have the dataset
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import torch
 from torch.utils.data import default_collate
 
 from fakes.mldr_archive import PUBLISHED
-from fakes.mldr_copies import make_copy, mldr_sizes, open_copy, write_archive_for
+from fakes.mldr_copies import make_copy, open_copy, write_archive_for
 from fakes.mldr_reference import replay
 from fakes.torchvision_data import skip_md5_checks
 from imagenet_plus.adapters import ImageNetAdapter
@@ -98,7 +97,8 @@ def test_every_stored_parameter_is_the_archives(world, name):
             kind = p["mix_kind"].astype(np.int64)
             assert np.array_equal(kind & 1, t["mixup"]) and np.array_equal(kind >> 1, t["cutmix"])
             assert np.array_equal(p["mix_partner"][has], to_store[t["partner"][has]])
-            assert np.array_equal(lam_from_bits(p["mix_lam"])[t["mixup"]], t["mixup_lam"][t["mixup"]].astype(np.float32))
+            mixup = t["mixup"]
+            assert np.array_equal(lam_from_bits(p["mix_lam"])[mixup], t["mixup_lam"][mixup].astype(np.float32))
             assert np.array_equal(p["mix_box"][t["cutmix"]], t["cutmix_box"][t["cutmix"]])
             if has.any():
                 psizes = sizes[to_store[t["partner"][has]]]

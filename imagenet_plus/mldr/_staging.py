@@ -159,9 +159,10 @@ class Staging:
         self.folder.write_state(STAGED_NAME, {"done": self.done.astype(np.uint8), "over": self.over}, self._layout())
         self._last = time.monotonic()
 
-    def block_fields(self, s0: int, s1: int, fields) -> dict[str, np.ndarray]:
-        """Every field of samples ``[s0, s1)`` as ``[s1 - s0, NS, *field.shape]`` of its dtype."""
-        rows = np.asarray(self._map(s0, s1))
+    def shard_fields(self, s0: int, s1: int, a0: int, a1: int, fields) -> dict[str, np.ndarray]:
+        """Every field of records ``[s0, s1) x [a0, a1)`` (a shard) as ``[s1 - s0, a1 - a0, *field.shape]``."""
+        b0, b1 = self._block(s0)
+        rows = self._map(b0, b1)[s0 - b0:s1 - b0, a0:a1]
         out, off = {}, 0
         for f in fields:
             out[f.name] = read_field(rows, f, off)

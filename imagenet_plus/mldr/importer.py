@@ -24,6 +24,7 @@ everything the import wrote; a kill, Ctrl-C or a full disk keeps it, and the sam
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -33,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from .._checks import check_choice, check_int
 from .._files import atomic_write_text, human_bytes
 from ..build.manifest import build_settings, create_manifest, write_store_files
@@ -42,7 +42,7 @@ from ..build.plan import Shard, create_plan
 from ..errors import AlignmentError, ImportFormatError, ReinforcementError, StoreError
 from ..schema import target_fields
 from ..store import MANIFEST_NAME, Manifest, ShardEntry, open_store, read_shard_entry, write_shard
-from ._archive import open_archive, fingerprint_source
+from ._archive import fingerprint_source, open_archive
 from ._config import DATASETS, parse_config
 from ._convert import Converter, mldr_order, policy_config
 from ._pipeline import identify, stage_archive
@@ -130,7 +130,7 @@ def _plan_manifest(adapter, layout, archive, fp: dict, samples_per_shard, augs_p
                                num_classes=layout.num_classes, policy=policy, fields=fields,
                                teacher=_teacher(archive.config), seed=0,
                                extra={"provenance": _provenance(archive, layout, fp)}, keys=adapter.keys())
-    return policy, fields, plan, manifest
+    return fields, plan, manifest
 
 
 def _kept(folder: ImportFolder, sh: Shard, fields, build_id: str) -> ShardEntry | None:
@@ -149,16 +149,15 @@ def _write_shards(folder: ImportFolder, staging: Staging, fields, build_id: str,
     """Cut every missing shard from its block's staging file, write it and read it back; the entries in plan order."""
     entries = {}
     for block in folder.plan.blocks(folder.plan.shards):
-        todo = [sh for sh in block.shards if sh not in kept]
-        if todo:
-            arrays = staging.block_fields(block.s0, block.s1, fields)
-            for sh in todo:
-                part = {f.name: arrays[f.name][:, sh.a0:sh.a1] for f in fields}
+        for sh in block.shards:
+            if sh not in kept:
+                part = staging.shard_fields(sh.s0, sh.s1, sh.a0, sh.a1, fields)
                 entry = write_shard(folder.root, sh.s0, sh.s1, sh.a0, sh.a1, part, fields, build_id=build_id)
                 back = read_shard_entry(folder.root, sh.name, fields, build_id=build_id)  # every row's checksum
-                if back.to_json() != entry.to_json():
-                    raise StoreError(f"{folder.root / sh.name}: read back differs from what was written "
-                                     f"({back.sha256} != {entry.sha256}); the disk is failing: rerun to rewrite it")
+                if back.to_json() != entry.to_json():  # an OSError: the import's state is kept for a rerun
+                    raise OSError(errno.EIO, f"{folder.root / sh.name}: read back differs from what was written "
+                                             f"({back.sha256} != {entry.sha256}); check the disk, then rerun the same "
+                                             f"command to rewrite it")
                 folder.write_state(shard_state_name(sh), {"ok": np.ones(1, np.uint8)},
                                    {"entry": json.dumps(entry.to_json(), sort_keys=True)})
                 entries[sh] = entry
@@ -209,20 +208,29 @@ def import_mldr(source: str | os.PathLike, out: str | os.PathLike, *, dataset: s
         from ..adapters import create_adapter
 
         adapter = create_adapter(dataset, data_root, "train")
-    fp = fingerprint_source(source)
     archive = open_archive(source, len(adapter), config_file=config_file)
     try:
+        fp = fingerprint_source(source)
         layout = parse_config(archive.config, archive.config_member, num_augmentations=num_augmentations)
         _check_copy(adapter, layout, dataset, progress)
-        policy, fields, plan, pre = _plan_manifest(adapter, layout, archive, fp, samples_per_shard, augs_per_shard)
+        fields, plan, pre = _plan_manifest(adapter, layout, archive, fp, samples_per_shard, augs_per_shard)
         keys = adapter.keys()
         folder = ImportFolder(Path(out), build_settings(pre, keys), plan)
         if folder.inspect() == "finished":
+            if folder.has_state():  # killed after its manifest was written: only the clean-up was left
+                lock, _ = folder.claim(0)
+                with lock:
+                    open_store(folder.root)
+                    folder.remove_state()
             m = Manifest.load(folder.root)
             return ImportResult(folder.root, m, fp["bytes"], _store_bytes(folder.root, m), time.perf_counter() - t0,
                                 already_finished=True)
         lock, state = folder.claim(0)
         with lock:
+            if state == "finished":  # another process finished it meanwhile
+                m = Manifest.load(folder.root)
+                return ImportResult(folder.root, m, fp["bytes"], _store_bytes(folder.root, m),
+                                    time.perf_counter() - t0, already_finished=True)
             try:
                 return _run(archive, layout, adapter, folder, pre, fields, keys, fp, workers=workers,
                             progress=progress, checkpoint_seconds=checkpoint_seconds, t0=t0)
