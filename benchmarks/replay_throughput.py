@@ -108,7 +108,7 @@ def _per_record_us(policy, images, params, repeats: int = 7) -> dict[str, float]
 
 def _store(root: Path, policy, jpegs, num_aug: int, num_classes=1000, topk=10):
     """A real store on disk with the policy's params for every (sample, aug); returns the opened store."""
-    from imagenet_plus.schema import fingerprint
+    from imagenet_plus.identity import digest_bytes, fingerprint
     from imagenet_plus.store import open_store, write_store
 
     sizes = [Image.open(io.BytesIO(b)).size for b in jpegs]
@@ -124,9 +124,9 @@ def _store(root: Path, policy, jpegs, num_aug: int, num_classes=1000, topk=10):
     write_store(root, dataset="bench", split="train", num_classes=num_classes, policy=policy.config,
                 teacher={"name": "random"}, seed=0, builder_version="bench", params=prm, topk_ids=ids,
                 topk_probs=probs, labels=np.zeros(N, np.int32), keys=[f"{k}.jpg" for k in range(N)],
-                hashes=np.zeros((N, 8), np.uint8), sizes=np.array([s[::-1] for s in sizes], np.uint32),
-                fingerprints=np.stack([fingerprint(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")))
-                                       for b in jpegs]), param_fields=list(policy.fields))
+                hashes=np.stack([digest_bytes(b) for b in jpegs]), sizes=np.array([s[::-1] for s in sizes], np.uint32),
+                fingerprints=np.stack([fingerprint(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]),
+                param_fields=list(policy.fields))
     return open_store(root)
 
 

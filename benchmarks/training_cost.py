@@ -83,7 +83,7 @@ class _RandomCNN:
 
 
 def _kd_teacher(folder: Path, policy) -> list[str]:
-    """Two random-init test_resnet checkpoints with the sidecar builders/teachers.py reads."""
+    """Two random-init test_resnet checkpoints with the sidecar imagenet_plus.teachers reads."""
     import timm
     from safetensors.torch import save_file
 
@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
     from _recipe import load_recipe
     from _data import create_base
     from imagenet_plus import create_policy
-    from imagenet_plus.reinforce import build_reinforcements
+    from imagenet_plus.build import build_reinforcements
 
     recipe = load_recipe(RECIPE, "plus")
     policy = create_policy(recipe["policy"])

@@ -114,7 +114,7 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
 
 
 def save_weights(path: str | Path, model: torch.nn.Module, sidecar: dict) -> None:
-    """The trained weights as safetensors plus a JSON sidecar (``builders/teachers.py`` reads both)."""
+    """The trained weights as safetensors plus a JSON sidecar (``imagenet_plus.teachers`` reads both)."""
     path = Path(path)
     weights = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
                for k, v in model.state_dict().items()}

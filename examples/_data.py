@@ -36,18 +36,18 @@ def create_base(data: dict, split: str):
     Raises:
         FileNotFoundError: the dataset is not under ``data.root`` in torchvision's layout.
     """
-    from builders.build import BuildConfig, create_dataset
+    from imagenet_plus.adapters import create_adapter
 
-    cfg = BuildConfig(dataset=data["dataset"], data_root=data["root"], split=split,
-                      source_size=data["source_size"])
-    return create_dataset(cfg)
+    kwargs = {"image_size": data["source_size"]} if data["dataset"] == "digits" else {}
+    return create_adapter(data["dataset"], data["root"], split, **kwargs).dataset
 
 
 def load_image(base, i: int):
     """Decode sample ``i`` of ``base`` to ``(RGB PIL image, int label)`` the way the reinforced datasets do."""
-    from imagenet_plus.identity import load_sample
+    from imagenet_plus.adapters import adapt
 
-    return load_sample(base, i)
+    sample = adapt(base).load(i)
+    return sample.image, sample.label
 
 
 def uint8_identity(x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +237,7 @@ def create_teacher(teacher: dict, num_classes: int, device: torch.device):
             with no weights at all (neither a checkpoint nor ``pretrained``): a random teacher
             would train the student on noise.
     """
-    from builders.teachers import create_teacher as _create, parse_teacher_list
+    from imagenet_plus.teachers import create_teacher as _create, parse_teacher_list
 
     models = list(teacher["models"])
     if not models:

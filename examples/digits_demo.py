@@ -5,7 +5,7 @@
 1. Trains a teacher ensemble: two timm ``test_resnet`` (random init, 370k parameters
    each) trained with ``examples/train.py`` (``recipes/digits-teacher.yaml``, ERM) on all
    1,433 training digits; each run leaves safetensors weights plus the JSON sidecar
-   ``builders/teachers.py`` reads.
+   ``imagenet_plus.teachers`` reads.
 2. Builds ``digits-plus`` with ``builders/build.py`` (``builders/configs/digits-plus.yaml``:
    pad-crop, RandAugment(2, 9), RandomErasing(0.25), NS=32, K=5; the ensemble as the
    teacher) over the students' training images.
@@ -122,9 +122,9 @@ def train_teachers(args, out: Path) -> list[dict]:
 
 @torch.no_grad()
 def ensemble_metrics(members: list[dict], policy) -> dict:
-    """Test metrics of the ensemble as the builder and the KD arm run it (``builders/teachers.py``)."""
-    from builders.digits import Digits
-    from builders.teachers import create_teacher, parse_teacher_list
+    """Test metrics of the ensemble as the builder and the KD arm run it (``imagenet_plus.teachers``)."""
+    from imagenet_plus.adapters import Digits
+    from imagenet_plus.teachers import create_teacher, parse_teacher_list
     from imagenet_plus.imageio import to_tensor
 
     teacher = create_teacher(parse_teacher_list([m["name"] for m in members], [m["checkpoint"] for m in members]),

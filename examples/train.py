@@ -33,7 +33,7 @@ reaches the same weights, bit for bit on the CPU: every draw depends only on
 ``(seed, epoch, sample)`` or ``(seed, epoch, step)``, the RNG states are in the
 checkpoint, and DataLoader workers hold no state. At the end it writes
 ``OUT/model.safetensors`` (and ``model_ema``) with a JSON sidecar that
-``builders/teachers.py`` reads, so a trained model can serve as a teacher.
+``imagenet_plus.teachers`` reads, so a trained model can serve as a teacher.
 
 Where it has run: everything on the CPU (tests: every mode, bitwise resume after
 SIGKILL, two gloo ranks; ``torchrun --nproc-per-node 2`` by hand); on one H200,
@@ -378,7 +378,7 @@ class Trainer:
         return meta
 
     def sidecar(self) -> dict:
-        """What ``builders/teachers.py`` needs to load the trained weights as a teacher."""
+        """What ``imagenet_plus.teachers`` needs to load the trained weights as a teacher."""
         s = self.policy.output_size
         return {"model": self.r["model"]["name"], "num_classes": self.num_classes, "input_size": [3, s, s],
                 "mean": list(self.policy.mean), "std": list(self.policy.std), "dataset": self.r["data"]["dataset"],

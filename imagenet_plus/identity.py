@@ -131,11 +131,13 @@ class IdentityChecker:
         self._seen[s] = True
         return None
 
-    def check(self, s: int, image: Image.Image, digest: np.ndarray, where: str) -> None:
-        """Raise :class:`AlignmentError` if sample ``s`` does not match; ``where`` names it (key, file)."""
+    def check(self, s: int, image: Image.Image, digest: np.ndarray, where) -> None:
+        """Raise :class:`AlignmentError` if sample ``s`` does not match; ``where`` names it (a string, or a
+        callable making one: it is called only on a mismatch)."""
         msg = self.problem(s, image, digest)
         if msg is None:
             return
+        where = where() if callable(where) else where
         if self.mode == "exact":
             fix = ("restore the original file; if your copy was deliberately resized or re-encoded, use "
                    "check='resized' (the crops then replay on your resolution)")

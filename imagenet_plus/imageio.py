@@ -138,12 +138,12 @@ def to_tensor(img) -> torch.Tensor:
     return torch.from_numpy(to_rgb_array(img).copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_bytes(data: bytes, source: str = "image") -> Image.Image:
+def decode_bytes(data: bytes, source="image") -> Image.Image:
     """Decode an image file's bytes to an 8-bit RGB PIL image (see the module docstring).
 
     Args:
         data: the whole file's content.
-        source: what to name in errors (the file's path).
+        source: what to name in errors (the file's path), or a callable returning it (called on error only).
 
     Raises:
         ImageDecodeError: the bytes are not a complete image PIL can decode (truncated, corrupt,
@@ -160,6 +160,7 @@ def decode_bytes(data: bytes, source: str = "image") -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        source = source() if callable(source) else source
         raise ImageDecodeError(f"{source}: cannot decode the image ({type(e).__name__}: {e}); the file is "
                                "truncated, corrupt or not an image: restore it from the original dataset") from e
     return to_rgb_image(img)

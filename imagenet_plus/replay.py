@@ -235,7 +235,7 @@ class ReplaySource:
         """Decode dataset item ``d`` through the adapter and check its identity against store sample ``s``."""
         s = int(d if self.to_store is None else self.to_store[d]) if s is None else int(s)
         sample = self.adapter.load(int(d))
-        self.checker.check(s, sample.image, sample.digest, f"{self.adapter.describe(int(d))} of {self.store.root}")
+        self.checker.check(s, sample.image, sample.digest, lambda: f"{self.adapter.describe(int(d))} of {self.store.root}")
         return sample
 
     def records(self, plan: Plan, images: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:

@@ -56,7 +56,7 @@ def test_training_cost_tiny():
 
 def test_store_access_tiny():
     out = _run("store_access.py", "--samples", "200", "--augs", "10", "--classes", "100", "--samples-per-shard",
-               "100", "--augs-per-shard", "5", "--reads", "300", "--batch", "32")
+               "100", "--augs-per-shard", "5", "--reads", "300", "--batch", "32", "--open-samples", "2000")
     for key in ("record_warm", "record_fresh_open_cached", "batched_per_record_us", "target_median_us"):
         assert key in out, key
     assert out["record_warm"]["median_us"] > 0
@@ -100,3 +100,13 @@ def test_build_throughput_tiny():
     out = _run("build_throughput.py", "--device", "cpu", "--quick", "--samples", "4", "--augs", "4",
                "--batch-size", "8", "--image-size", "32", "--teacher-input-size", "32")
     assert out["ratio"] > 0 and out["ok"] is True
+
+
+def test_identity_cost_tiny():
+    out = _run("identity_cost.py", "--quick")
+    assert set(out["items_per_s"]) == {"exact", "resized", "none"} and "overhead_exact" in out
+
+
+def test_construct_time_tiny():
+    out = _run("construct_time.py", "--quick")
+    assert out["samples"] == 20_000 and out["construct_seconds_same_order"] > 0

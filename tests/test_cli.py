@@ -151,12 +151,43 @@ def test_verify_with_a_wrong_teacher_fails(built, capsys):
     assert "do not match the teacher rerun" in captured.err
 
 
-def test_verify_wrong_data_is_an_alignment_error(built, capsys):
-    # the builder's digits at another source size are other pixels: caught by the content hashes
-    rc = main(["verify", str(built["store"]), "--teacher", TEACHER, "--teacher-checkpoint", str(built["ckpt"]),
-               "--dataset", "digits", "--source-size", "40", "--samples", "4"])
-    err = capsys.readouterr().err
-    assert rc == 1 and "content hash" in err and "Traceback" not in err
+def test_verify_against_another_split_lists_every_sample(built, capsys):
+    rc = main(["verify", str(built["store"]), "--dataset", "digits", "--split", "train", "--workers", "0"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "Traceback" not in out
+    # the build used the first 40 samples (limit_samples): the first 40 training digits are compared
+    assert out.count("not in the store") == 40 and out.count("missing from the copy") == 40
+
+
+def test_verify_a_copy_lists_every_bad_file_in_parallel(tmp_path, capsys):
+    """One command checks a whole copy, in worker processes, and reports every mismatching sample."""
+    import shutil
+
+    from fakes.torchvision_data import make_imagefolder
+    from imagenet_plus.adapters import create_adapter
+    from imagenet_plus.augment import create_policy
+    from imagenet_plus.build import build_reinforcements
+
+    fake = make_imagefolder(tmp_path / "photos", 3, 4, 1)
+    policy = create_policy("rrc", output_size=24)
+    teacher = lambda u8: torch.softmax(u8.float().mean((2, 3)) / 50.0, dim=-1)  # noqa: E731
+    build_reinforcements(create_adapter("imagefolder", fake.root, "train"), tmp_path / "store", policy=policy,
+                         teacher=teacher, num_augmentations=2, num_classes=3, topk=2, seed=0, progress=False)
+    shutil.copytree(fake.root, tmp_path / "copy")
+    ad = create_adapter("imagefolder", tmp_path / "copy", "train")
+    paths = [Path(ad.path(i)) for i in range(len(ad))]
+    a, b = paths[0].read_bytes(), paths[5].read_bytes()
+    paths[0].write_bytes(b)
+    paths[5].write_bytes(a)  # swapped
+    paths[7].write_bytes(paths[7].read_bytes()[:100])  # truncated
+    rc = main(["verify", str(tmp_path / "store"), "--data-root", str(tmp_path / "copy"), "--workers", "2"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "3 problem(s)" in out
+    for k in (0, 5, 7):
+        assert f"key {ad.keys()[k]!r}" in out, k
+    assert out.count("content differs") == 2 and "truncated, corrupt or not an image" in out
+    assert main(["verify", str(tmp_path / "store"), "--data-root", str(fake.root), "--json"]) == 0
 
 
 def test_verify_usage_errors(built, capsys):

@@ -15,7 +15,8 @@ from torchvision import datasets as tvd
 from fakes.torchvision_data import make_cifar100
 from imagenet_plus.adapters import adapt
 from imagenet_plus.datasets import CIFAR100Plus, Food101Plus, ImageNetPlus, ReinforcedDataset
-from imagenet_plus.errors import AlignmentError, ArgumentError, ImageDecodeError, ReinforcementError, StoreError
+from imagenet_plus.errors import (AlignmentError, ArgumentError, ImageDecodeError, IntegrityError, ReinforcementError,
+                                  StoreError)
 from test_datasets import build_case
 
 
@@ -260,9 +261,6 @@ def test_bad_arguments(imagenet, tmp_path):
     ]:
         with pytest.raises(ArgumentError, match=pattern):
             ReinforcedDataset(base, imagenet.store, **kw)
-    if not torch.cuda.is_available():  # finding 9: used to construct and fail at the first batch
-        with pytest.raises(ArgumentError, match=r"device='cuda': CUDA is not available on this machine"):
-            ReinforcedDataset(base, imagenet.store, device="cuda")
     with pytest.raises(StoreError, match="num_augmentations=99"):
         ReinforcedDataset(base, imagenet.store, num_augmentations=99)
     with pytest.raises(StoreError):
@@ -300,3 +298,25 @@ def test_same_seed_same_items_other_seed_other_choices(imagenet):
     assert choices(a) != choices(c)
     assert "ReinforcedDataset(base=ImageNet" in repr(a) and "seed=21" in repr(a)
     np.testing.assert_array_equal(a.labels, np.asarray(base.targets))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the error case cannot occur")
+def test_cuda_without_cuda_fails_at_construction(imagenet):
+    """Finding 9: device='cuda' used to construct fine and fail at the first batch."""
+    with pytest.raises(ArgumentError, match=r"device='cuda': CUDA is not available on this machine"):
+        ReinforcedDataset(imagenet.base(), imagenet.store, device="cuda")
+
+
+def test_a_flipped_byte_in_a_shard_stops_training_naming_the_shard(imagenet, tmp_path):
+    """Finding 6: a one-byte flip in a shard used to train silently."""
+    shutil.copytree(imagenet.store, tmp_path / "store")
+    shard = sorted((tmp_path / "store" / "reinforcements").glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor of the shard (its first sample row)
+    shard.write_bytes(bytes(data))
+    ds = ReinforcedDataset(imagenet.base(), tmp_path / "store", seed=0, p_original=0.0, sampling="cycle")
+    with pytest.raises(IntegrityError, match=rf"{shard.name}.*verify"):
+        for epoch in range(ds.num_augmentations):  # every record once
+            ds.set_epoch(epoch)
+            for d in range(len(ds)):
+                ds[d]

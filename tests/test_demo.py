@@ -45,7 +45,7 @@ def test_digits_demo_quick(tmp_path, capsys):
     img = Image.open(out / "accuracy.png")
     assert img.format == "PNG" and img.width >= 800
 
-    # the teachers are safetensors with the sidecar builders/teachers.py reads (written by examples/train.py)
+    # the teachers are safetensors with the sidecar imagenet_plus.teachers reads (written by examples/train.py)
     for m in members:
         ckpt = Path(m["checkpoint"])
         assert ckpt.suffix == ".safetensors" and json.loads(ckpt.with_suffix(".json").read_text())["model"] == \

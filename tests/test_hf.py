@@ -442,3 +442,28 @@ def test_export_cli_digits_demo(tmp_path, capsys):
     assert np.array_equal(np.asarray(ds[3]["image"].convert("RGB")), np.asarray(base[3][0]))
     card = (store_dir / "README.md").read_text()
     assert "self-contained" in card and "(with images)" in card
+
+
+def test_export_of_an_imagefolder_store_tells_the_truth_about_images(tmp_path):
+    """Finding 9: export.py failed for every imagefolder store (no card template) after writing the Parquet,
+    and the card said "No images are included" when images were."""
+    from fakes.torchvision_data import make_imagefolder
+    from imagenet_plus.adapters import create_adapter
+
+    fake = make_imagefolder(tmp_path / "photos", 3, 3, 1)
+    adapter = create_adapter("imagefolder", fake.root, "train")
+    teacher = lambda u8: torch.softmax(u8.float().mean((2, 3)) / 40.0, dim=-1)  # noqa: E731
+    build_reinforcements(adapter, tmp_path / "store", policy=create_policy("rrc", output_size=16), teacher=teacher,
+                         num_classes=3, num_augmentations=2, topk=2, seed=0, progress=False)
+    plain = export_main(ExportConfig(store=str(tmp_path / "store"), data_root=str(fake.root), progress=False))
+    text = plain.card.read_text()
+    assert "**No images are included**" in text and "(no images)" in text and "imagefolder" in text
+    assert "image" not in datasets.load_dataset(str(tmp_path / "store"), split="train").features
+    with_images = export_main(ExportConfig(store=str(tmp_path / "store"), out=str(tmp_path / "pub"),
+                                           data_root=str(fake.root), images=True, progress=False))
+    text = with_images.card.read_text()
+    assert "self-contained" in text and "(with images)" in text and "No images" not in text
+    rows = datasets.load_dataset(str(tmp_path / "pub"), split="train")
+    assert isinstance(rows.features["image"], datasets.Image) and rows[0]["key"] == adapter.keys()[0]
+    item = rows.with_transform(create_transform(tmp_path / "pub", seed=0))[0]
+    assert item["pixel_values"].shape == (3, 16, 16)

@@ -186,9 +186,8 @@ def test_set_epoch_reaches_persistent_workers(built):
         assert torch.equal(got, want), epoch
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the error case cannot occur")
 def test_cuda_without_cuda_fails_at_construction(built):
     adapter, root, *_ = built
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the error case cannot be produced")
     with pytest.raises(ArgumentError, match="CUDA is not available"):
         ReinforcedDataset(adapter, root, device="cuda")

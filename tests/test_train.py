@@ -43,10 +43,10 @@ def digits(tmp_path_factory):
     from safetensors.torch import save_file
     from torch.utils.data import Subset
 
-    from builders.digits import Digits
-    from builders.teachers import create_teacher, parse_teacher_list
+    from imagenet_plus.adapters import Digits
+    from imagenet_plus.teachers import create_teacher, parse_teacher_list
     from imagenet_plus import create_policy
-    from imagenet_plus.reinforce import build_reinforcements
+    from imagenet_plus.build import build_reinforcements
 
     tmp = tmp_path_factory.mktemp("train")
     recipe = load_recipe(RECIPE, "erm")
@@ -107,7 +107,7 @@ def test_recipe_layers_and_errors(tmp_path):
 
 # ----------------------------------------------------------------------------- pieces
 def test_random_augment_dataset_is_the_policy_replayed_with_fresh_params(digits):
-    from builders.digits import Digits
+    from imagenet_plus.adapters import Digits
     from imagenet_plus import DeviceReplay
 
     policy = digits["policy"]
@@ -196,7 +196,7 @@ def test_classification_metrics_by_hand():
 
 def test_inputs_of_each_mode(digits):
     """What each mode trains on, against independent references (torch one-hot, the teacher, the library)."""
-    from builders.teachers import create_teacher, parse_teacher_list
+    from imagenet_plus.teachers import create_teacher, parse_teacher_list
     from imagenet_plus import ReinforcedDataset
 
     d = train_script.Dist("cpu")
@@ -221,7 +221,7 @@ def test_inputs_of_each_mode(digits):
     t.set_epoch(1)
     idx = list(range(8))
     x, y = t._inputs(torch.utils.data.default_collate([t.train_set[i] for i in idx]), 1, 0)
-    from builders.digits import Digits
+    from imagenet_plus.adapters import Digits
     from torch.utils.data import Subset
 
     ref = ReinforcedDataset(Subset(Digits(split="train"), range(N_TRAIN)), digits["store"], seed=0)

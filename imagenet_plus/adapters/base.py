@@ -168,7 +168,7 @@ class FileAdapter(DatasetAdapter):
     """An adapter for datasets whose samples are image files (decoded by the package, hashed by their bytes)."""
 
     def files(self) -> Sequence[str]:
-        """Every sample's file path, in order."""
+        """Every sample's file path, in order (called once; :meth:`path` reads the cached list)."""
         raise NotImplementedError
 
     def key_root(self) -> str:
@@ -176,11 +176,19 @@ class FileAdapter(DatasetAdapter):
         raise NotImplementedError
 
     def compute_keys(self) -> list[str]:
-        root = self.key_root()
-        return [relative_key(p, root) for p in self.files()]
+        root = os.fspath(self.key_root()).rstrip("/\\")
+        prefix, n = root + os.sep, len(root) + 1
+        keys = [p[n:] if p.startswith(prefix) else relative_key(p, root) for p in self._file_list()]
+        return keys if os.sep == "/" else [k.replace(os.sep, "/") for k in keys]
+
+    def _file_list(self) -> Sequence[str]:
+        cached = getattr(self, "_files_cache", None)
+        if cached is None:
+            cached = self._files_cache = [os.fspath(p) for p in self.files()]
+        return cached
 
     def path(self, i: int) -> str:
-        return os.fspath(self.files()[i])
+        return self._file_list()[i]
 
     def read(self, i: int) -> bytes:
         """The bytes of sample ``i``'s file."""
@@ -195,7 +203,7 @@ class FileAdapter(DatasetAdapter):
     def load(self, i: int) -> LoadedSample:
         data = self.read(i)
         path = self.path(i)
-        return LoadedSample(decode_bytes(data, self.describe(i)), self.label(i), digest_bytes(data), path)
+        return LoadedSample(decode_bytes(data, lambda: self.describe(i)), self.label(i), digest_bytes(data), path)
 
 
 class ArrayAdapter(DatasetAdapter):

@@ -47,6 +47,16 @@ def _require_dir(root: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def _create_torchvision(cls, root, split: str, download: bool, split_kwargs: dict, **kwargs: Any):
+    """torchvision's class ``cls._cls`` over ``root`` (checked first unless downloading), wrapped in ``cls``."""
+    check_choice(split, "split", cls.splits)
+    if not download:
+        _require_dir(root, f"{cls.name} root={root}")
+    ds = _wrap_missing(f"{cls._cls}({root}, split={split!r})", getattr(_tvd(), cls._cls), str(root),
+                       download=download, **split_kwargs, **kwargs)
+    return cls(ds, split)
+
+
 def _wrap_missing(what: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
@@ -136,12 +146,7 @@ class CIFAR100Adapter(ArrayAdapter):
 
     @classmethod
     def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any) -> "CIFAR100Adapter":
-        check_choice(split, "split", cls.splits)
-        if not download:
-            _require_dir(root, f"{cls.name} root={root}")
-        ds = _wrap_missing(f"{cls._cls}({root})", getattr(_tvd(), cls._cls), str(root), train=split == "train",
-                           download=download, **kwargs)
-        return cls(ds, split)
+        return _create_torchvision(cls, root, split, download, {"train": split == "train"}, **kwargs)
 
     @classmethod
     def matches(cls, dataset: Any) -> bool:
@@ -170,16 +175,10 @@ class _TorchvisionFiles(FileAdapter):
     """Shared body of torchvision's file datasets that list ``_image_files`` and ``_labels``."""
 
     _cls = ""
-    _split_kwarg = "split"
 
     @classmethod
     def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any) -> "_TorchvisionFiles":
-        check_choice(split, "split", cls.splits)
-        if not download:
-            _require_dir(root, f"{cls.name} root={root}")
-        ds = _wrap_missing(f"{cls._cls}({root}, split={split!r})", getattr(_tvd(), cls._cls), str(root), split=split,
-                           download=download, **kwargs)
-        return cls(ds, split)
+        return _create_torchvision(cls, root, split, download, {"split": split}, **kwargs)
 
     @classmethod
     def matches(cls, dataset: Any) -> bool:

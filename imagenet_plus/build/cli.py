@@ -98,6 +98,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("build", help="reinforce a dataset: run a teacher over stored augmentations",
                               description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
     add_arguments(p)
+    p.set_defaults(func=run)
     return p
 
 

@@ -262,6 +262,13 @@ def build_reinforcements(data, out, *, policy, teacher: Callable[[torch.Tensor],
         return _finish_leftover(b) if rank == 0 else None
     if rank == 0:
         _warn(resize_warnings(b.input_pipeline))
+    return _build_locked(b, rank, world_size, t_start, batch_size=batch_size, num_workers=num_workers,
+                         pixel_path=pixel_path, progress=progress, stats=stats)
+
+
+def _build_locked(b, rank: int, world_size: int, t_start: float, *, batch_size: int, num_workers: int,
+                  pixel_path: str, progress: bool, stats: BuildStats) -> Manifest | None:
+    """Take the folder's lock, build this rank's missing shards, and (rank 0) write the store's files last."""
     lock, state = b.folder.claim(rank)
     with lock:
         if state == "finished":  # another process finished it meanwhile

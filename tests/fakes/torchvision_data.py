@@ -66,7 +66,7 @@ class FakeDataset:
         root: the folder to pass to the torchvision class as ``root``.
         classes: class names in label order.
         splits: per split, the written samples as ``{key: label}`` (keys as
-            :func:`imagenet_plus.identity.sample_keys` reports them).
+            the adapters report them).
     """
 
     root: Path
