@@ -31,6 +31,10 @@ MixUp/CutMix with the partner (itself finished the same way) -> normalise.
 ``crop`` does the first two on the CPU from the decoded image; ``finish`` does the rest,
 batched, on any device.
 
+A config with ``"flavour": "ml-dr"`` replays apple/ml-dr's published reinforcements (PIL crops,
+torchvision's v1 RandAugment kernels, MixUp then CutMix on normalised floats, the partner's params
+stored inline): its fields and semantics are in :mod:`imagenet_plus.augment.mldr`.
+
 The policy is a short list of stages (:mod:`imagenet_plus.augment.stages`): geometry,
 flip, RandAugment, erasing, mixing. Each declares its fields and how to sample, check
 and apply them; :class:`Policy` concatenates their fields and loops over them. A

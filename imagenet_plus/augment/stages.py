@@ -18,6 +18,9 @@ per op after it; any stage can read any slot.
 
 Random streams: 1 crop, 2 flip, 3 RandAugment, 4 erasing, 5 mix choice and partner,
 6 MixUp Beta, 7 CutMix Beta, 8 CutMix centre.
+
+The ``ml-dr`` flavour's stages (:mod:`imagenet_plus.augment.mldr`) subclass these: PIL-resized
+geometry, v1 RandAugment kernels, ml-dr's mixing with the partner's params inline.
 """
 
 from __future__ import annotations

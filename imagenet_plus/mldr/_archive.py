@@ -16,7 +16,9 @@ keeps scanning for the config only (a header scan for ``.tar``) and later iterat
 start again. Iterating yields :class:`SampleMember` (index, member name, raw bytes): the
 restricted unpickling and decoding (:func:`imagenet_plus.mldr._records.decode_sample`) can
 run in worker processes. Iteration checks every index against the user's dataset size N,
-refuses duplicates and, at the end, missing samples, naming the last member read.
+refuses duplicates and, at the end, missing samples, naming the last member read. A complete
+iteration leaves the archive file's sha256, hashed on the way (``MLDRArchive.sha256``);
+:func:`fingerprint_source` is the cheap identity known before streaming (size, first and last MiB).
 """
 
 from __future__ import annotations
