@@ -254,7 +254,7 @@ class ReplaySource:
         return params, ids, probs
 
     def partners(self, plan: Plan, params: Mapping[str, np.ndarray]) -> tuple[list, dict | None]:
-        """Partner images and their own params (record ``(p, j)``, or the record's own ``partner_*``) where records mix."""
+        """Partner images and their own params (record ``(p, j)``, or the record's ``partner_*``) where records mix."""
         mixes = _mixes(self.policy, params) & ~plan.original
         if not mixes.any():
             return [None] * len(plan.index), None
