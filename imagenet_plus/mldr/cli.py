@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli._common import positive_int
+
 __all__ = ["add_parser", "run"]
 
 _PROG = "imagenet-plus import-ml-dr"
@@ -48,12 +50,13 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="the store folder: absent, empty, or this import unfinished")
     p.add_argument("--config", default=None,
                    help="ml-dr's config.pth.tar as a separate file (for an archive that lacks one)")
-    p.add_argument("--num-augmentations", type=_count, default=None,
+    p.add_argument("--num-augmentations", type=positive_int, default=None,
                    help="records per sample, when the archive's config states a wrong num_samples")
     p.add_argument("--workers", type=_count, default=None,
                    help="decoding processes (default: every core; 0 decodes in this process)")
-    p.add_argument("--samples-per-shard", type=_count, default=None, help="samples per shard (default: the store's)")
-    p.add_argument("--augs-per-shard", type=_count, default=None, help="augmentations per shard (default 50)")
+    p.add_argument("--samples-per-shard", type=positive_int, default=None,
+                   help="samples per shard (default: the store's)")
+    p.add_argument("--augs-per-shard", type=positive_int, default=None, help="augmentations per shard (default 50)")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0,
                    help="how often the samples imported so far are recorded for a resume (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or warnings")
@@ -68,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = import_mldr(args.source, args.out, dataset=args.dataset, data_root=args.data_root,
-                             config_file=args.config, num_augmentations=args.num_augmentations or None,
-                             workers=args.workers, samples_per_shard=args.samples_per_shard or None,
-                             augs_per_shard=args.augs_per_shard or None, progress=not args.no_progress,
+                             config_file=args.config, num_augmentations=args.num_augmentations,
+                             workers=args.workers, samples_per_shard=args.samples_per_shard,
+                             augs_per_shard=args.augs_per_shard, progress=not args.no_progress,
                              checkpoint_seconds=args.checkpoint_seconds)
     except KeyboardInterrupt:
         print(f"{_PROG}: interrupted; what is imported so far is kept, resume with: {resume_command()}",
