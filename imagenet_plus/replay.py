@@ -242,8 +242,7 @@ class ReplaySource:
         """Params and top-k targets of a plan's items (originals: fresh params, one-hot placeholders)."""
         k = self.store.topk
         j = np.where(plan.original, 0, plan.aug)
-        params, (ids, probs) = self.store.params_batch(plan.store_index, j), \
-            self.store.targets_batch(plan.store_index, j)
+        params, ids, probs = self.store.records_batch(plan.store_index, j)
         if plan.original.any():
             o = np.flatnonzero(plan.original)
             fresh = original_params(self.policy, self.chooser.seed, plan.store_index[o], plan.epoch,

@@ -166,14 +166,7 @@ def apply_ra_op_v1(images: torch.Tensor, op: str, magnitude: float, interpolatio
 class V1RandAugment(RandAugment):
     """The engine's RandAugment (same fields, op table and magnitudes) with :func:`apply_ra_op_v1`'s kernels."""
 
-    def finish(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if not self.num_ops:
-            return x
-        codes = self.codes(batch)
-        c = self.config
-        return _ops.apply_randaugment(x, codes & 15, (codes >> 4).astype(bool), magnitude=c["magnitude"],
-                                      num_bins=c["num_magnitude_bins"], interpolation=c["interpolation"],
-                                      fill=c["fill"], apply_op=apply_ra_op_v1)
+    apply_op = staticmethod(apply_ra_op_v1)
 
 
 # ----------------------------------------------------------------------------- mixing

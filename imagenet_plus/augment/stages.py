@@ -314,6 +314,9 @@ _VALID_CODE = np.array([(c & 15) < len(RA_OPS) and (not c >> 4 or bool(_IS_SIGNE
 
 
 class RandAugment(Stage):
+    #: The per-op kernel (``None``: :func:`~imagenet_plus.augment.ops.apply_ra_op`); a flavour may name its own.
+    apply_op = None
+
     """torchvision's RandAugment: per op, 5 bits of ``ops`` (4 bits op id into RA_OPS, 1 bit negative magnitude).
 
     Op ``k`` (applied in order ``k = 0, 1, ...``) sits in bits ``5k .. 5k + 4`` of this
@@ -363,7 +366,7 @@ class RandAugment(Stage):
         c = self.config
         return _ops.apply_randaugment(x, codes & 15, (codes >> 4).astype(bool), magnitude=c["magnitude"],
                                       num_bins=c["num_magnitude_bins"], interpolation=c["interpolation"],
-                                      fill=c["fill"])
+                                      fill=c["fill"], apply_op=self.apply_op)
 
 
 # ----------------------------------------------------------------------------- erasing

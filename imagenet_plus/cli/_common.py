@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ReinforcementError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -72,19 +71,24 @@ def open_replay(args: argparse.Namespace, store):
     """A :class:`~imagenet_plus.datasets.ReinforcedDataset` over the user's copy (checked), for exact replays."""
     from ..datasets import ReinforcedDataset
 
-    try:
-        return ReinforcedDataset(open_adapter(args, store), store, seed=0, p_original=0.0, check=args.check)
-    except ValueError as e:
-        if isinstance(e, ReinforcementError):
-            raise
-        raise ReinforcementError(str(e)) from e
+    return ReinforcedDataset(open_adapter(args, store), store, seed=0, p_original=0.0, check=args.check)
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "positive")
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0, "non-negative")

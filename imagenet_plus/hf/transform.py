@@ -103,7 +103,7 @@ class ReplayTransform:
                 raise AlignmentError(f"row {int(i)} has key {r['key']!r} but the store {store.root} records "
                                      f"{store.keys[int(i)]!r} at that index; the rows and the store are from "
                                      "different builds")
-        return (store.params_batch(index, aug), *store.targets_batch(index, aug))
+        return store.records_batch(index, aug)
 
     def _image(self, row: Mapping[str, Any], i: int):
         from ..imageio import to_rgb_image

@@ -20,22 +20,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli._common import positive_int
+from ..cli._common import count, positive_int
 
 __all__ = ["add_parser", "run"]
 
 _PROG = "imagenet-plus import-ml-dr"
 _DATASETS = ("imagenet", "cifar100", "flowers102", "food101")
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return v
 
 
 def add_parser(sub) -> None:
@@ -52,7 +42,7 @@ def add_parser(sub) -> None:
                    help="ml-dr's config.pth.tar as a separate file (for an archive that lacks one)")
     p.add_argument("--num-augmentations", type=positive_int, default=None,
                    help="records per sample, when the archive's config states a wrong num_samples")
-    p.add_argument("--workers", type=_count, default=None,
+    p.add_argument("--workers", type=count, default=None,
                    help="decoding processes (default: every core; 0 decodes in this process)")
     p.add_argument("--samples-per-shard", type=positive_int, default=None,
                    help="samples per shard (default: the store's)")
