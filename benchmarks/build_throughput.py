@@ -1,6 +1,6 @@
 """Builder throughput against the teacher's forward pass alone (same device, same batch size).
 
-The builder (:func:`imagenet_plus.build.build_reinforcements`) decodes JPEGs in
+The builder (:func:`imagenet_plus.builder.build_reinforcements`) decodes JPEGs in
 DataLoader workers, crops every augmentation, finishes it (on CUDA: batched on the
 GPU), runs the teacher, keeps the top-k and writes shards. The reference is the same
 teacher on a resident random uint8 batch, so the ratio is the share of the teacher's
@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imagenet_plus.augment import create_policy  # noqa: E402
-from imagenet_plus.build import BuildStats, build_reinforcements  # noqa: E402
+from imagenet_plus.builder import BuildStats, build_reinforcements  # noqa: E402
 from imagenet_plus.teachers import IG_RESNEXT_ENSEMBLE, create_teacher  # noqa: E402
 
 __all__ = ["JpegPhotos", "measure", "check_device_build", "main"]

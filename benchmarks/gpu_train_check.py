@@ -131,7 +131,7 @@ def build_store(a: argparse.Namespace, root: Path, store: Path, num_classes: int
 
     from imagenet_plus.teachers import create_teacher
     from imagenet_plus import create_policy
-    from imagenet_plus.build import build_reinforcements
+    from imagenet_plus.builder import build_reinforcements
 
     base = tvd.ImageFolder(str(root / "train"))
     teacher = create_teacher("test_resnet" if a.small else "resnet18", num_classes=num_classes, pretrained=False,

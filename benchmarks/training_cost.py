@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
     from _recipe import load_recipe
     from _data import create_base
     from imagenet_plus import create_policy
-    from imagenet_plus.build import build_reinforcements
+    from imagenet_plus.builder import build_reinforcements
 
     recipe = load_recipe(RECIPE, "plus")
     policy = create_policy(recipe["policy"])

@@ -1,6 +1,6 @@
 """Maintainers' builds of the published stores: the recipes in ``builders/configs/`` run by the package's build command.
 
-Everything here is a thin wrapper over ``imagenet-plus build`` (:mod:`imagenet_plus.build.cli`),
+Everything here is a thin wrapper over ``imagenet-plus build`` (:mod:`imagenet_plus.builder.cli`),
 which works from the installed wheel alone; this script only adds ``--recipe NAME`` (the YAML
 file ``builders/configs/NAME.yaml``). Flags override the recipe's values, as ``--config`` does.
 
@@ -24,8 +24,8 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imagenet_plus.build.cli import add_arguments, config_from_args, run, run_build  # noqa: E402
-from imagenet_plus.build.config import DATASETS, BuildConfig, load_config  # noqa: E402
+from imagenet_plus.builder.cli import add_arguments, config_from_args, run, run_build  # noqa: E402
+from imagenet_plus.builder.config import DATASETS, BuildConfig, load_config  # noqa: E402
 from imagenet_plus.errors import ArgumentError  # noqa: E402
 
 __all__ = ["CONFIGS", "BuildConfig", "DATASETS", "recipe_path", "load_config", "parse_args", "create_dataset",
@@ -80,7 +80,7 @@ def create_dataset(cfg: BuildConfig):
 
 
 def main(config: BuildConfig):
-    """Run one build (this process's share under torchrun/srun); see :func:`imagenet_plus.build.cli.run_build`."""
+    """Run one build (this process's share under torchrun/srun); see :func:`imagenet_plus.builder.cli.run_build`."""
     return run_build(config)
 
 

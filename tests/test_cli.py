@@ -166,7 +166,7 @@ def test_verify_a_copy_lists_every_bad_file_in_parallel(tmp_path, capsys):
     from fakes.torchvision_data import make_imagefolder
     from imagenet_plus.adapters import create_adapter
     from imagenet_plus.augment import create_policy
-    from imagenet_plus.build import build_reinforcements
+    from imagenet_plus.builder import build_reinforcements
 
     fake = make_imagefolder(tmp_path / "photos", 3, 4, 1)
     policy = create_policy("rrc", output_size=24)

@@ -28,7 +28,7 @@ from fakes.torchvision_data import make_cifar100, make_flowers102, make_food101,
 from imagenet_plus import _rng
 from imagenet_plus.augment import create_policy
 from imagenet_plus.adapters import adapt
-from imagenet_plus.build import build_reinforcements
+from imagenet_plus.builder import build_reinforcements
 from imagenet_plus.datasets import CIFAR100Plus, Flowers102Plus, Food101Plus, ImageNetPlus, ReinforcedDataset
 from imagenet_plus.replay import _STREAM_ORIGINAL, original_params
 from imagenet_plus.schema import PROB_CODE_SCALE

@@ -26,7 +26,7 @@ from fakes.torchvision_data import make_cifar100, make_food101, skip_md5_checks
 from imagenet_plus.augment import create_policy
 from imagenet_plus.errors import AlignmentError, PolicyError, ReinforcementError, StoreError
 from imagenet_plus.hf import check_parquet, create_transform, export_parquet, parquet_features
-from imagenet_plus.build import build_reinforcements
+from imagenet_plus.builder import build_reinforcements
 from imagenet_plus.store import open_store
 from imagenet_plus.targets import densify, soft_target_cross_entropy
 

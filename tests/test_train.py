@@ -46,7 +46,7 @@ def digits(tmp_path_factory):
     from imagenet_plus.adapters import Digits
     from imagenet_plus.teachers import create_teacher, parse_teacher_list
     from imagenet_plus import create_policy
-    from imagenet_plus.build import build_reinforcements
+    from imagenet_plus.builder import build_reinforcements
 
     tmp = tmp_path_factory.mktemp("train")
     recipe = load_recipe(RECIPE, "erm")

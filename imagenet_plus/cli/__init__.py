@@ -28,7 +28,7 @@ __all__ = ["main", "build_parser"]
 
 # Each command's module exposes add_parser(subparsers) and sets func; heavy imports stay inside run().
 _COMMANDS = ("imagenet_plus.cli.info", "imagenet_plus.cli.verify", "imagenet_plus.cli.show",
-             "imagenet_plus.build.cli", "imagenet_plus.mldr.cli")
+             "imagenet_plus.builder.cli", "imagenet_plus.mldr.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..build.manifest import IdentityPart
-from ..build.outdir import identity_part_name
+from ..builder.manifest import IdentityPart
+from ..builder.outdir import identity_part_name
 from ..identity import fingerprint
 from ._records import decode_sample
 from ._staging import ImportFolder, Staging

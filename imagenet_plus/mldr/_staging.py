@@ -11,7 +11,7 @@ costly part). Once every sample is staged, each block's shards are cut from its 
 is then removed: the disk holds the staging area plus one block's shards at most (about twice the
 store's size; the store is about half the archive's).
 
-:class:`ImportFolder` is the build's :class:`~imagenet_plus.build.outdir.OutputFolder` (same rules:
+:class:`ImportFolder` is the build's :class:`~imagenet_plus.builder.outdir.OutputFolder` (same rules:
 ``--out`` absent, empty, or this import unfinished; one process at a time; only its own files are ever
 removed) with the importer's state files, a finished-store check that ignores the archive's full
 sha256 (known only after streaming), and :meth:`ImportFolder.discard`: an import that fails on bad
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..build.outdir import OutputFolder, _own_temp
+from ..builder.outdir import OutputFolder, _own_temp
 from ..errors import BuildError, StoreError
 from ..store import MANIFEST_NAME, SAMPLES_NAME, SHARD_DIR, Manifest, compute_build_id
 from ._convert import read_field

@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status (see the module docstring). Errors print one line."""
-    from ..build.cli import resume_command
+    from ..builder.cli import resume_command
     from ..errors import ArgumentError, ReinforcementError
     from .importer import import_mldr
 

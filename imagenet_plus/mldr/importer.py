@@ -36,9 +36,9 @@ import numpy as np
 
 from .._checks import check_choice, check_int
 from .._files import atomic_write_text, human_bytes
-from ..build.manifest import build_settings, create_manifest, write_store_files
-from ..build.outdir import shard_state_name
-from ..build.plan import Shard, create_plan
+from ..builder.manifest import build_settings, create_manifest, write_store_files
+from ..builder.outdir import shard_state_name
+from ..builder.plan import Shard, create_plan
 from ..errors import AlignmentError, ImportFormatError, ReinforcementError, StoreError
 from ..schema import target_fields
 from ..store import MANIFEST_NAME, Manifest, ShardEntry, open_store, read_shard_entry, write_shard

@@ -1,4 +1,4 @@
-"""``python -m imagenet_plus.build``: the ``imagenet-plus build`` command on its own."""
+"""``python -m imagenet_plus.builder``: the ``imagenet-plus build`` command on its own."""
 
 from __future__ import annotations
 

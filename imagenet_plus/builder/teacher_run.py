@@ -61,7 +61,7 @@ class ShardWork:
         self.probe_exact = True  # the probe's pixels came from the CPU (bit-exact with the CPU replay)
 
     def add(self, index: int, label: int, part, dataset_labels: np.ndarray) -> None:
-        """Append sample ``index``'s records (an :class:`~imagenet_plus.build.pipeline.AugPart`)."""
+        """Append sample ``index``'s records (an :class:`~imagenet_plus.builder.pipeline.AugPart`)."""
         na = self.shard.num_augs
         r0 = (index - self.shard.s0) * na
         if r0 != self.filled:

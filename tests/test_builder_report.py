@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import save_file
 
 from imagenet_plus.adapters import create_adapter
-from imagenet_plus.build.cli import main
+from imagenet_plus.builder.cli import main
 from imagenet_plus.store import open_store
 from imagenet_plus.teachers import TeacherSpec, create_member
 

@@ -1,18 +1,18 @@
 """The build engine: run a teacher over stored augmentations of a dataset and write a reinforcement store.
 
-Read top to bottom (see :mod:`imagenet_plus.build.engine` for the order):
-:mod:`~imagenet_plus.build.checks` (refuse up front), :mod:`~imagenet_plus.build.plan` (the
-shard plan, this rank's share), :mod:`~imagenet_plus.build.outdir` (output-folder rules, the
-lock, state files), :mod:`~imagenet_plus.build.pipeline` (decode once, render, shards),
-:mod:`~imagenet_plus.build.teacher_run` (padded teacher batches, device staging, top-k),
-:mod:`~imagenet_plus.build.report` (the teacher's agreement with the labels and its input
-pipeline), :mod:`~imagenet_plus.build.readback` (stored records replay to the teacher's pixels),
-:mod:`~imagenet_plus.build.manifest` (samples file and manifest, written last),
-:mod:`~imagenet_plus.build.config` (``BuildConfig``: defaults < YAML < flags) and
-:mod:`~imagenet_plus.build.cli` (``imagenet-plus build``; ``python -m imagenet_plus.build``).
+Read top to bottom (see :mod:`imagenet_plus.builder.engine` for the order):
+:mod:`~imagenet_plus.builder.checks` (refuse up front), :mod:`~imagenet_plus.builder.plan` (the
+shard plan, this rank's share), :mod:`~imagenet_plus.builder.outdir` (output-folder rules, the
+lock, state files), :mod:`~imagenet_plus.builder.pipeline` (decode once, render, shards),
+:mod:`~imagenet_plus.builder.teacher_run` (padded teacher batches, device staging, top-k),
+:mod:`~imagenet_plus.builder.report` (the teacher's agreement with the labels and its input
+pipeline), :mod:`~imagenet_plus.builder.readback` (stored records replay to the teacher's pixels),
+:mod:`~imagenet_plus.builder.manifest` (samples file and manifest, written last),
+:mod:`~imagenet_plus.builder.config` (``BuildConfig``: defaults < YAML < flags) and
+:mod:`~imagenet_plus.builder.cli` (``imagenet-plus build``; ``python -m imagenet_plus.builder``).
 
 Example:
-    >>> from imagenet_plus.build import build_reinforcements
+    >>> from imagenet_plus.builder import build_reinforcements
     >>> manifest = build_reinforcements(dataset, "out/store", policy=policy, teacher=teacher,
     ...                                 num_augmentations=50)
     >>> manifest.reports["teacher"]["top1_agreement"]

@@ -1,6 +1,6 @@
 """``imagenet-plus build``: reinforce a dataset with a teacher, from the installed package.
 
-Settings come from, in increasing precedence, the :class:`~imagenet_plus.build.config.BuildConfig`
+Settings come from, in increasing precedence, the :class:`~imagenet_plus.builder.config.BuildConfig`
 defaults, a YAML ``--config`` and the flags. Under ``torchrun`` (``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``) or ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``, with
 ``MASTER_ADDR``/``MASTER_PORT`` exported) every process builds its share of the shards on
@@ -172,7 +172,7 @@ def run_build(config: BuildConfig, stats=None):
 
     Raises:
         ArgumentError, BuildError, ImageDecodeError, FileNotFoundError, OSError: see
-            :func:`~imagenet_plus.build.build_reinforcements`.
+            :func:`~imagenet_plus.builder.build_reinforcements`.
     """
     import torch
 
@@ -247,8 +247,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m imagenet_plus.build ...``: the ``build`` command on its own."""
-    parser = argparse.ArgumentParser(prog="python -m imagenet_plus.build", description=__doc__.split("\n\n")[0],
+    """``python -m imagenet_plus.builder ...``: the ``build`` command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m imagenet_plus.builder", description=__doc__.split("\n\n")[0],
                                      argument_default=argparse.SUPPRESS)
     add_arguments(parser)
     return run(parser.parse_args(argv))

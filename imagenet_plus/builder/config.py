@@ -24,7 +24,7 @@ __all__ = ["BuildConfig", "DATASETS", "DEVICES", "PIXEL_PATHS", "load_config", "
 
 #: ``--dataset`` choices (the adapters' names).
 DATASETS = ("imagenet", "cifar100", "cifar10", "flowers102", "food101", "imagefolder", "digits")
-#: ``--pixel-path`` choices (see :func:`~imagenet_plus.build.build_reinforcements`).
+#: ``--pixel-path`` choices (see :func:`~imagenet_plus.builder.build_reinforcements`).
 PIXEL_PATHS = ("auto", "apply", "batched")
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -16,7 +16,7 @@ from PIL import Image
 from fakes.torchvision_data import make_imagefolder
 from imagenet_plus.adapters import Digits, create_adapter
 from imagenet_plus.augment import create_policy
-from imagenet_plus.build import build_reinforcements
+from imagenet_plus.builder import build_reinforcements
 from imagenet_plus.errors import BuildError, ImageDecodeError
 from imagenet_plus.store import open_store
 

@@ -1,4 +1,4 @@
-"""The build engine (``imagenet_plus.build``): records, replay equality, determinism, resume, faults, read-back.
+"""The build engine (``imagenet_plus.builder``): records, replay equality, determinism, resume, faults, read-back.
 
 A tiny store over 18 real scikit-learn digits (upsampled to 24 px) and a seeded
 two-layer convolutional teacher; every build takes about a second.
@@ -19,11 +19,11 @@ from safetensors.numpy import load_file
 
 from imagenet_plus.adapters import Digits, adapt
 from imagenet_plus.augment import create_policy
-from imagenet_plus.build import BuildStats, build_reinforcements, resolve_dist_env
-from imagenet_plus.build import outdir as outdir_module
-from imagenet_plus.build.plan import Shard
-from imagenet_plus.build.readback import Probe, check_store
-from imagenet_plus.build.teacher_run import ShardWork
+from imagenet_plus.builder import BuildStats, build_reinforcements, resolve_dist_env
+from imagenet_plus.builder import outdir as outdir_module
+from imagenet_plus.builder.plan import Shard
+from imagenet_plus.builder.readback import Probe, check_store
+from imagenet_plus.builder.teacher_run import ShardWork
 from imagenet_plus.errors import ArgumentError, BuildError, StoreError
 from imagenet_plus.identity import fingerprint
 from imagenet_plus.schema import encode_topk_ids, encode_topk_probs

@@ -3,7 +3,7 @@
 Real subprocesses on 48 real digits with a seeded random-init timm ``test_resnet`` teacher:
 ``torchrun --nproc-per-node 2`` (gloo) equals a single-process build byte for byte; a build
 killed with SIGKILL, or interrupted with SIGINT (one line naming the command that resumes it,
-exit status 130), resumes to the same bytes; and ``python -m imagenet_plus.build`` reinforces an
+exit status 130), resumes to the same bytes; and ``python -m imagenet_plus.builder`` reinforces an
 ImageFolder with a teacher checkpoint from a copy of the package alone (no repository).
 """
 
@@ -94,7 +94,7 @@ def test_sigkill_mid_build_then_resume_is_byte_identical(reference, tmp_path):
 
 def test_ctrl_c_prints_the_resume_command_and_it_resumes_byte_identically(reference, tmp_path):
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "imagenet_plus.build", *ARGS, "--out", str(out)]
+    cmd = [sys.executable, "-m", "imagenet_plus.builder", *ARGS, "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for_a_shard(proc, out / "reinforcements")
@@ -125,7 +125,7 @@ def test_the_installed_package_alone_reinforces_an_imagefolder_with_a_checkpoint
     torch.manual_seed(0)
     teacher = create_teacher("resnet18", num_classes=3, pretrained=False)
     save_file({k: v.contiguous() for k, v in teacher.members[0].state_dict().items()}, str(tmp_path / "t.safetensors"))
-    cmd = [sys.executable, "-m", "imagenet_plus.build", "--dataset", "imagefolder", "--data-root", str(data.root),
+    cmd = [sys.executable, "-m", "imagenet_plus.builder", "--dataset", "imagefolder", "--data-root", str(data.root),
            "--teacher", "resnet18", "--teacher-checkpoint", str(tmp_path / "t.safetensors"), "--num-classes", "3",
            "--topk", "3", "--teacher-input-size", "64", "--image-size", "64", "--num-augmentations", "4",
            "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "photos-plus")]

@@ -2,17 +2,17 @@
 
 :func:`build_reinforcements` is the whole engine in order:
 
-1. **Refuse up front** (:mod:`~imagenet_plus.build.checks`): class counts, keys, labels, ``topk``,
+1. **Refuse up front** (:mod:`~imagenet_plus.builder.checks`): class counts, keys, labels, ``topk``,
    the teacher's input size; nothing is written and no teacher runs when one fails.
-2. **Plan** (:mod:`~imagenet_plus.build.plan`): the shard plan, this rank's shards.
-3. **Take the output folder** (:mod:`~imagenet_plus.build.outdir`): absent, empty, this build
+2. **Plan** (:mod:`~imagenet_plus.builder.plan`): the shard plan, this rank's shards.
+3. **Take the output folder** (:mod:`~imagenet_plus.builder.outdir`): absent, empty, this build
    unfinished (resume) or finished (nothing to do); lock it; keep the finished shards.
-4. **Build** (:mod:`~imagenet_plus.build.pipeline`, :mod:`~imagenet_plus.build.teacher_run`):
+4. **Build** (:mod:`~imagenet_plus.builder.pipeline`, :mod:`~imagenet_plus.builder.teacher_run`):
    decode once, render, teacher batches, top-k, shards, each read back.
 5. **Finish** (rank 0, after every rank): samples file and manifest (last,
-   :mod:`~imagenet_plus.build.manifest`) with the teacher report
-   (:mod:`~imagenet_plus.build.report`), the read-back check through the store reader
-   (:mod:`~imagenet_plus.build.readback`), then the build's state files are removed.
+   :mod:`~imagenet_plus.builder.manifest`) with the teacher report
+   (:mod:`~imagenet_plus.builder.report`), the read-back check through the store reader
+   (:mod:`~imagenet_plus.builder.readback`), then the build's state files are removed.
 
 Determinism: a record depends only on (data, policy, seed, teacher weights, teacher batch size);
 equal settings give byte-identical stores whatever the world size, worker count or resume point.

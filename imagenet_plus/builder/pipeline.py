@@ -9,7 +9,7 @@ augmentation this rank stores for it with the policy's counter-based
 * ``"apply"``: final pixels with :meth:`~imagenet_plus.augment.Policy.apply`, the very function
   the CPU replay calls (replay equals build bit for bit);
 * ``"crop"``: only the geometric stage (:meth:`~imagenet_plus.augment.Policy.crop`, of the
-  sample and of its mixing partners); :class:`~imagenet_plus.build.teacher_run.TeacherRunner`
+  sample and of its mixing partners); :class:`~imagenet_plus.builder.teacher_run.TeacherRunner`
   runs :meth:`~imagenet_plus.augment.Policy.finish` batched on the device (the CUDA path).
 
 The main process gathers each sample block's records per shard, feeds the teacher full batches
