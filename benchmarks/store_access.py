@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from imagenet_plus.schema import Field, encode_topk_ids, encode_topk_probs, target_fields  # noqa: E402
-from imagenet_plus.store import (Manifest, compute_build_id, digest_keys, open_store, plan_shards,  # noqa: E402
-                                 resolve_shard_shape, write_manifest, write_samples, write_shard)
+from imagenet_plus.store import (Manifest, compute_build_id, compute_teacher_id, digest_keys, open_store,  # noqa: E402
+                                 plan_shards, resolve_shard_shape, write_manifest, write_samples, write_shard)
 
 FIELDS = (
     Field("crop", "<u2", (4,), 0, 65535, "crop box as fractions of the image"),
@@ -87,7 +87,8 @@ def build(root: Path, n: int, a: int, c: int, k: int, samples_per_shard: int, au
         arrays = {f.name: rng.integers(int(f.low), int(f.high), size=(*shape, *f.shape), endpoint=True
                                        ).astype(f.dtype) for f in FIELDS}
         arrays["topk_ids"], arrays["topk_probs"] = pool_ids[pick], pool_codes[pick]
-        m.shards.append(write_shard(root, s0, s1, a0, a1, arrays, fields, build_id=m.build_id))
+        m.shards.append(write_shard(root, s0, s1, a0, a1, arrays, fields, build_id=m.build_id,
+                                    teacher_id=compute_teacher_id(m)))
     sizes = np.stack([rng.integers(200, 501, n), rng.integers(200, 501, n)], axis=1).astype(np.uint32)
     m.samples_file = write_samples(root, labels, keys, rng.integers(0, 256, (n, 8), dtype=np.uint8), sizes,
                                    rng.integers(0, 256, (n, 64), dtype=np.uint8), build_id=m.build_id)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from .errors import ArgumentError, BuildError
 
 __all__ = ["TeacherSpec", "MemberInput", "Teacher", "IG_RESNEXT_ENSEMBLE", "INPUT_SIZE_SOURCES", "create_teacher",
-           "create_member", "parse_teacher_list", "read_sidecar"]
+           "create_member", "parse_teacher_list", "read_sidecar", "checkpoint_sha256_of"]
 
 #: The paper's ImageNet teacher: four Instagram-pretrained ResNeXt-101 models fine-tuned on ImageNet-1k.
 IG_RESNEXT_ENSEMBLE = (
@@ -228,6 +228,24 @@ def _checkpoint_num_classes(state: dict, head: set[str]) -> int | None:
     return int(state[weights[-1]].shape[0]) if weights else None
 
 
+def checkpoint_sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a checkpoint file's bytes (what a store's build id records of its teacher's weights).
+
+    Raises:
+        FileNotFoundError: the file does not exist (named, with the flag to fix).
+    """
+    import hashlib
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {p} does not exist; check --teacher-checkpoint")
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _read_checkpoint(path: Path, name: str) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -328,12 +346,17 @@ class Teacher(nn.Module):
     """
 
     def __init__(self, models: Sequence[nn.Module], inputs: Sequence[MemberInput], names: Sequence[str],
-                 checkpoints: Sequence[str | None], amp: bool = False):
+                 checkpoints: Sequence[str | None], amp: bool = False,
+                 checkpoint_sha256: Sequence[str | None] | None = None):
         super().__init__()
         self.members = nn.ModuleList(models)
         self.inputs = list(inputs)
         self.names = list(names)
         self.checkpoints = list(checkpoints)
+        #: sha256 (hex) of each member's checkpoint file (``None``: pretrained or random weights); part of a
+        #: store's build id through :meth:`describe`.
+        self.checkpoint_sha256 = list(checkpoint_sha256) if checkpoint_sha256 is not None else \
+            [None if c is None else checkpoint_sha256_of(c) for c in self.checkpoints]
         self.amp = amp
         for i, c in enumerate(self.inputs):
             self.register_buffer(f"mean{i}", torch.tensor(c.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255,
@@ -376,10 +399,11 @@ class Teacher(nn.Module):
         return total / len(self._forwards)
 
     def describe(self) -> dict:
-        """JSON-able description for the manifest (names, checkpoint file names, input pipelines)."""
+        """JSON-able description for the manifest (names, checkpoint file names and sha256s, input pipelines)."""
         return {
             "models": list(self.names),
             "checkpoints": [None if c is None else Path(c).name for c in self.checkpoints],
+            "checkpoint_sha256": list(self.checkpoint_sha256),
             "ensemble": "mean of softmax probabilities",
             "num_classes": self.num_classes,
             "inputs": [c.describe() for c in self.inputs],
@@ -423,6 +447,9 @@ def create_teacher(specs: Sequence[TeacherSpec] | str, *, num_classes: int | Non
         specs = parse_teacher_list(specs)
     device = torch.device(device)
     models, inputs = [], []
+    # hashed before loading: the store's build id records the weights' files (teacher_desc -> manifest.teacher)
+    shas = [None if s.checkpoint is None or not Path(s.checkpoint).is_file() else checkpoint_sha256_of(s.checkpoint)
+            for s in specs]
     for spec in specs:
         model, member_input = create_member(spec, num_classes=num_classes, pretrained=pretrained,
                                             allow_new_head=allow_new_head, input_size=input_size, device=device)
@@ -435,7 +462,7 @@ def create_teacher(specs: Sequence[TeacherSpec] | str, *, num_classes: int | Non
     if num_classes is not None and next(iter(counts.values())) != num_classes:
         raise BuildError(f"teachers have {next(iter(counts.values()))} classes but num_classes={num_classes}")
     teacher = Teacher(models, inputs, [s.name for s in specs], [s.checkpoint for s in specs],
-                      amp=(device.type == "cuda") if amp is None else amp).to(device)
+                      amp=(device.type == "cuda") if amp is None else amp, checkpoint_sha256=shas).to(device)
     if compile and device.type == "cuda":
         teacher.compile_members()
     return teacher

@@ -23,12 +23,13 @@ from imagenet_plus import _files
 from imagenet_plus.errors import AlignmentError, ArgumentError, FormatVersionError, IntegrityError, StoreError
 from imagenet_plus.schema import Field, decode_topk_probs, encode_topk_ids, encode_topk_probs, target_fields
 from imagenet_plus.store import (BUILD_ID_FIELDS, FORMAT_VERSION, NOT_IN_BUILD_ID, ROW_CRC_NAME,  # noqa: I001
-                                 Manifest, ReinforcementStore, compute_build_id, digest_keys, open_store,
+                                 Manifest, ReinforcementStore, compute_build_id, compute_teacher_id, digest_keys, open_store,
                                  plan_shards, read_shard_entry, resolve_shard_shape, shard_filename, verify,
                                  write_manifest, write_samples, write_shard)
 from imagenet_plus.store import write_store as write_store_
 
 BID = "0123456789abcdef"  # a build id for shards written outside a store
+TID = "fedcba9876543210"  # a teacher id for those shards
 
 
 @pytest.fixture(scope="module")
@@ -224,11 +225,15 @@ def _arrays(n, a, num_classes=10, topk=3, seed=0):
             "topk_probs": encode_topk_probs(probs)}
 
 
-def _crc_rows(tensors, fields):
-    """Reference row checksums: zlib.crc32 of each row's bytes over the fields, in order."""
+def _crc_rows(tensors, fields, build_id=BID, s0=0, a0=0, a1=None):
+    """Reference row checksums (format 3): zlib.crc32 of the row's place (build id UTF-8, sample <u8, a0 <u4,
+    a1 <u4) followed by the row's bytes over the fields, in order."""
     n = tensors[fields[0].name].shape[0]
-    return np.array([zlib.crc32(b"".join(np.ascontiguousarray(tensors[f.name][r]).tobytes() for f in fields))
-                     for r in range(n)], dtype="<u4")
+    a1 = tensors[fields[0].name].shape[1] + a0 if a1 is None else a1
+    place = [build_id.encode() + (s0 + r).to_bytes(8, "little") + a0.to_bytes(4, "little") + a1.to_bytes(4, "little")
+             for r in range(n)]
+    return np.array([zlib.crc32(place[r] + b"".join(np.ascontiguousarray(tensors[f.name][r]).tobytes()
+                                                    for f in fields)) for r in range(n)], dtype="<u4")
 
 
 def _flip(path, offset, mask=0xFF):
@@ -256,7 +261,7 @@ def test_write_shard_atomic_and_entry(tmp_path, monkeypatch):
 
     for name in ("read_header", "sha256_file", "map_file", "scan_shard"):
         monkeypatch.setattr(_writer, name, no_reading)
-    e = write_shard(tmp_path, 4, 8, 0, 2, _arrays(4, 2), _fields(), build_id=BID)
+    e = write_shard(tmp_path, 4, 8, 0, 2, _arrays(4, 2), _fields(), build_id=BID, teacher_id=TID)
     monkeypatch.undo()
     p = tmp_path / e.file
     assert e.file == shard_filename(4, 8, 0, 2) and e.samples == (4, 8) and e.augs == (0, 2)
@@ -267,7 +272,7 @@ def test_write_shard_atomic_and_entry(tmp_path, monkeypatch):
     assert p.stat().st_mode & 0o044  # readable by others, as ordinary files
     with safe_open(p, "np") as f:
         assert f.metadata() == {"format_version": str(FORMAT_VERSION), "s0": "4", "s1": "8", "a0": "0", "a1": "2",
-                                "build_id": BID}
+                                "build_id": BID, "teacher_id": TID}
 
 
 def test_row_checksums_match_zlib_over_each_rows_bytes(tmp_path):
@@ -278,7 +283,7 @@ def test_row_checksums_match_zlib_over_each_rows_bytes(tmp_path):
     arrays = {"box": rng.integers(0, 65536, (6, 3, 4)).astype("<u2"), "lam": rng.random((6, 3)).astype("<f4"),
               "s": rng.integers(-5, 6, (6, 3)).astype("<i2"), "topk_ids": encode_topk_ids(ids, 1000),
               "topk_probs": encode_topk_probs(probs)}
-    e = write_shard(tmp_path, 0, 6, 0, 3, arrays, fields, build_id=BID)
+    e = write_shard(tmp_path, 0, 6, 0, 3, arrays, fields, build_id=BID, teacher_id=TID)
     t = load_file(tmp_path / e.file)  # the safetensors library's own reader
     assert t[ROW_CRC_NAME].dtype == np.dtype("<u4") and t[ROW_CRC_NAME].shape == (6,)
     np.testing.assert_array_equal(t[ROW_CRC_NAME], _crc_rows(arrays, fields))
@@ -296,7 +301,7 @@ def test_write_shard_rejects_bad_arrays(tmp_path, change, match):
     arrays = _arrays(4, 2)
     change(arrays)
     with pytest.raises(StoreError, match=match):
-        write_shard(tmp_path, 0, 4, 0, 2, arrays, _fields(), build_id=BID)
+        write_shard(tmp_path, 0, 4, 0, 2, arrays, _fields(), build_id=BID, teacher_id=TID)
     assert not (tmp_path / "reinforcements").exists() or not any((tmp_path / "reinforcements").iterdir())
 
 
@@ -306,16 +311,17 @@ def test_write_shard_rejects_out_of_range_params_and_oversize(tmp_path):
     arrays.pop("crop")
     arrays["ops"] = np.full((4, 2), 14, np.uint8)
     with pytest.raises(StoreError, match="outside its declared range"):
-        write_shard(tmp_path, 0, 4, 0, 2, arrays, fields, build_id=BID)
+        write_shard(tmp_path, 0, 4, 0, 2, arrays, fields, build_id=BID, teacher_id=TID)
     with pytest.raises(StoreError, match="size cap"):
-        write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), max_shard_bytes=100, build_id=BID)
+        write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), max_shard_bytes=100, build_id=BID,
+                    teacher_id=TID)
     reserved = [Field(ROW_CRC_NAME, "<u2", (4,)), *target_fields(10, 3)]
     arrays = _arrays(4, 2)
     arrays[ROW_CRC_NAME] = arrays.pop("crop")
     with pytest.raises(StoreError, match="reserved"):
-        write_shard(tmp_path, 0, 4, 0, 2, arrays, reserved, build_id=BID)
+        write_shard(tmp_path, 0, 4, 0, 2, arrays, reserved, build_id=BID, teacher_id=TID)
     with pytest.raises(StoreError, match="build_id must be a non-empty string"):
-        write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id="")
+        write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id="", teacher_id=TID)
 
 
 def _enospc_after_first(chunks):
@@ -330,12 +336,13 @@ def test_no_temp_files_after_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(OSError) as info:
         _files.atomic_write(tmp_path / "a" / "x.bin", _enospc_after_first([b"1" * 100, b"2" * 100]))
     assert info.value.errno == errno.ENOSPC and list((tmp_path / "a").iterdir()) == []
-    good = write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id=BID)
+    good = write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id=BID, teacher_id=TID)
     before = (tmp_path / good.file).read_bytes()
     monkeypatch.setattr(_writer, "atomic_write", lambda path, chunks: _files.atomic_write(
         path, _enospc_after_first(chunks)))
-    for write in (lambda: write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2, seed=9), _fields(), build_id=BID),
-                  lambda: write_shard(tmp_path, 4, 8, 0, 2, _arrays(4, 2), _fields(), build_id=BID),
+    for write in (lambda: write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2, seed=9), _fields(), build_id=BID,
+                                      teacher_id=TID),
+                  lambda: write_shard(tmp_path, 4, 8, 0, 2, _arrays(4, 2), _fields(), build_id=BID, teacher_id=TID),
                   lambda: write_samples(tmp_path, [1, 2], ["a", "b"], np.zeros((2, 8), np.uint8),
                                         np.ones((2, 2), np.uint32), np.zeros((2, 64), np.uint8), build_id=BID)):
         with pytest.raises(OSError, match="No space left"):
@@ -370,7 +377,7 @@ def test_write_samples_checks_its_arguments(tmp_path):
 
 
 def test_read_shard_entry_rejects_foreign_or_corrupt_shard(tmp_path):
-    e = write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id=BID)
+    e = write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id=BID, teacher_id=TID)
     with pytest.raises(StoreError, match="do not match the manifest's"):
         read_shard_entry(tmp_path, e.file, [Field("box", "<u2", (4,)), *target_fields(10, 3)])
     with pytest.raises(StoreError, match="the manifest expects"):
@@ -422,7 +429,7 @@ def test_one_byte_flip_in_a_shard_raises_on_read(copy, fake):
     store = open_store(copy)  # same size: opening (which stats shards) cannot tell
     store.record(5, 4)  # other rows of the shard read fine
     store.record(6, 0)  # and so does sample 6 in another augmentation block (another shard)
-    pattern = (rf"{e.file}: the records of sample 6 \(augmentations \[3, 6\)\) fail their checksum.*corrupt: "
+    pattern = (rf"{e.file}: the records of sample 6 \(augmentations \[3, 6\)\) fail their checksum.*corrupt.*; "
                r"delete it and re-download it or rebuild the store; run `imagenet-plus verify STORE --full`")
     for read in (lambda s: s.params(6, 3), lambda s: s.targets(6, 5), lambda s: s.record(6, 4),
                  lambda s: s.params_batch([0, 6], [0, 4]), lambda s: s.targets_batch([6], [3]),
@@ -461,12 +468,15 @@ def test_each_row_is_checked_once(fake, monkeypatch):
     store = open_store(fake.root)
     nfields = len(fake.manifest.fields)
     store.record(0, 0)
-    assert len(calls) == nfields  # one CRC update per field of sample 0's row in shard 0
+    # format 3: opening the shard computes the CRC of the build id once; each row then costs one CRC update for
+    # its place (sample, augmentation block) and one per field
+    per_row = 1 + nfields
+    assert len(calls) == 1 + per_row
     store.targets(0, 2)
     store.params_batch([0, 1, 0], [1, 0, 0])  # sample 1's row is new
-    assert len(calls) == 2 * nfields
+    assert len(calls) == 1 + 2 * per_row
     store.records_batch(np.arange(4), np.zeros(4, int))
-    assert len(calls) == 4 * nfields  # samples 2 and 3
+    assert len(calls) == 1 + 4 * per_row  # samples 2 and 3
 
 
 def test_flip_in_the_samples_file_raises_at_open(copy, fake):
@@ -662,8 +672,8 @@ def test_flipped_header_byte_is_refused(copy, fake):
 
 def test_version_1_store_is_refused(copy, fake):
     _edit_manifest(copy, lambda d: d.update(format_version=1))
-    with pytest.raises(FormatVersionError, match=r"format version 1, this release reads version 2; .*rebuild the "
-                                                 "store with this release"):
+    with pytest.raises(FormatVersionError, match=rf"format version 1, this release reads version {FORMAT_VERSION}; "
+                                                 ".*rebuild the store with this release"):
         open_store(copy)
     with pytest.raises(FormatVersionError, match="rebuild the store with this release"):
         verify(copy)
@@ -677,7 +687,8 @@ def test_shard_format_version_mismatch(copy, fake, version, match):
     e = fake.manifest.shards[0]
     t = load_file(copy / e.file)
     save_file(t, copy / e.file, metadata={"format_version": version, "s0": "0", "s1": "4", "a0": "0", "a1": "3",
-                                          "build_id": fake.manifest.build_id})
+                                          "build_id": fake.manifest.build_id,
+                                          "teacher_id": compute_teacher_id(fake.manifest)})
     with pytest.raises(FormatVersionError, match=f"shard format version '{version}'.*{match}"):
         open_store(copy, check_files=False).record(0, 0)
 
@@ -685,11 +696,12 @@ def test_shard_format_version_mismatch(copy, fake, version, match):
 def _forge_shard(root, entry, tensors, fields, build_id):
     """Write a shard as a faulty builder would (valid checksums, any values) and fix the manifest's entry."""
     tensors = {k: v for k, v in tensors.items() if k != ROW_CRC_NAME}
-    tensors[ROW_CRC_NAME] = _crc_rows(tensors, fields)
     (s0, s1), (a0, a1) = entry.samples, entry.augs
+    tensors[ROW_CRC_NAME] = _crc_rows(tensors, fields, build_id, s0, a0, a1)
+    teacher_id = compute_teacher_id(Manifest.load(root))
     save_file(tensors, root / entry.file, metadata={"format_version": str(FORMAT_VERSION), "s0": str(s0),
                                                      "s1": str(s1), "a0": str(a0), "a1": str(a1),
-                                                     "build_id": build_id})
+                                                     "build_id": build_id, "teacher_id": teacher_id})
     data = (root / entry.file).read_bytes()
     d = json.loads((root / "manifest.json").read_text())
     for s in d["shards"]:
@@ -795,7 +807,7 @@ def test_write_shard_rejects_nan_params(tmp_path):
     arrays.pop("crop")
     arrays["lam"] = np.full((4, 2), np.nan, np.float32)
     with pytest.raises(StoreError, match="NaN"):
-        write_shard(tmp_path, 0, 4, 0, 2, arrays, fields, build_id=BID)
+        write_shard(tmp_path, 0, 4, 0, 2, arrays, fields, build_id=BID, teacher_id=TID)
 
 
 def test_index_types(fake):
@@ -928,10 +940,10 @@ def test_check_manifest_recomputes_the_build_id(copy, fake):
 
 
 def test_read_shard_entry_checks_build_id(tmp_path):
-    e = write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id="build-aaaa")
+    e = write_shard(tmp_path, 0, 4, 0, 2, _arrays(4, 2), _fields(), build_id="build-aaaa", teacher_id=TID)
     with safe_open(tmp_path / e.file, "np") as f:
         assert f.metadata()["build_id"] == "build-aaaa"
-    assert read_shard_entry(tmp_path, e.file, _fields(), build_id="build-aaaa") == e
+    assert read_shard_entry(tmp_path, e.file, _fields(), build_id="build-aaaa", teacher_id=TID) == e
     assert read_shard_entry(tmp_path, e.file, _fields()) == e  # no id asked: not compared
     with pytest.raises(IntegrityError) as info:
         read_shard_entry(tmp_path, e.file, _fields(), build_id="build-bbbb")
@@ -939,7 +951,7 @@ def test_read_shard_entry_checks_build_id(tmp_path):
     for part in (e.file, "'build-aaaa'", "'build-bbbb'", "belongs to another build; delete it or use a fresh --out"):
         assert part in msg
     with pytest.raises(StoreError, match="build_id must be a non-empty string"):
-        read_shard_entry(tmp_path, e.file, _fields(), build_id="")
+        read_shard_entry(tmp_path, e.file, _fields(), build_id="", teacher_id=TID)
 
 
 def _small_store(root, seed):

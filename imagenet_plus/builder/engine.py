@@ -14,6 +14,10 @@
    (:mod:`~imagenet_plus.builder.report`), the read-back check through the store reader
    (:mod:`~imagenet_plus.builder.readback`), then the build's state files are removed.
 
+Identity: the manifest's ``teacher`` records the sha256 of every checkpoint file the teacher loaded (taken
+in step 1, before any teacher work), so the build id covers the teacher's weights: a resume or rerun with
+another checkpoint under the same name is refused in step 3, naming the file and both sha256s.
+
 Determinism: a record depends only on (data, policy, seed, teacher weights, teacher batch size);
 equal settings give byte-identical stores whatever the world size, worker count or resume point.
 """
@@ -34,7 +38,7 @@ from .._checks import check_choice, check_int
 from ..adapters import adapt
 from ..errors import ArgumentError, BuildError, StoreError
 from ..schema import target_fields
-from ..store import MANIFEST_NAME, Manifest, ShardEntry, read_shard_entry
+from ..store import MANIFEST_NAME, Manifest, ShardEntry, compute_teacher_id, read_shard_entry
 from .config import PIXEL_PATHS
 from .checks import check_dataset, check_teacher_input, resolve_num_classes, resolve_topk
 from .manifest import build_settings, collect_identity, create_manifest, write_store_files
@@ -71,11 +75,24 @@ def _device(device: str | torch.device) -> torch.device:
     return d
 
 
-def _describe_teacher(teacher: Callable) -> dict:
-    describe = getattr(teacher, "describe", None)
-    if callable(describe):
-        return dict(describe())
-    return {"callable": f"{type(teacher).__module__}.{type(teacher).__qualname__}"}
+def _describe_teacher(teacher: Callable, teacher_desc: dict | None) -> dict:
+    """The manifest's ``teacher``: ``teacher_desc`` (default ``teacher.describe()``) with the sha256 of every
+    checkpoint file the teacher loaded (``teacher.checkpoint_sha256``), so the build id covers its weights."""
+    if teacher_desc is not None:
+        desc = dict(teacher_desc)
+    elif callable(getattr(teacher, "describe", None)):
+        desc = dict(teacher.describe())  # type: ignore[attr-defined]
+    else:
+        desc = {"callable": f"{type(teacher).__module__}.{type(teacher).__qualname__}"}
+    shas = getattr(teacher, "checkpoint_sha256", None)
+    if shas is not None:
+        shas = [None if v is None else str(v) for v in shas]
+        if "checkpoint_sha256" in desc and list(desc["checkpoint_sha256"] or []) != shas:
+            raise BuildError(f"teacher_desc: checkpoint_sha256 {desc['checkpoint_sha256']} differs from the sha256 of "
+                             f"the checkpoints the teacher loaded ({shas}); pass teacher.describe() (or leave "
+                             "teacher_desc out)")
+        desc["checkpoint_sha256"] = shas
+    return desc
 
 
 def _prepare(data, out, policy, teacher, *, num_augmentations: int, seed: int, topk: int | None,
@@ -104,7 +121,7 @@ def _prepare(data, out, policy, teacher, *, num_augmentations: int, seed: int, t
     keys = adapter.keys()
     manifest = create_manifest(dataset=name, split=split or adapter.split or "train", plan=plan, topk=k,
                                num_classes=nc, policy=policy, fields=fields,
-                               teacher=teacher_desc if teacher_desc is not None else _describe_teacher(teacher),
+                               teacher=_describe_teacher(teacher, teacher_desc),
                                seed=seed, extra=extra or {}, keys=keys)
     folder = OutputFolder(Path(out), build_settings(manifest, keys), plan)
     return _Build(adapter, policy, teacher, nc, k, plan, manifest, folder, pipeline, _device(device))
@@ -117,7 +134,8 @@ def _kept_shards(b: _Build, stats: BuildStats) -> list[Shard]:
         state = b.folder.read_state(shard_state_name(sh))
         if state is not None and (b.folder.root / sh.name).is_file():
             try:
-                entry = read_shard_entry(b.folder.root, sh.name, b.manifest.fields, build_id=b.manifest.build_id)
+                entry = read_shard_entry(b.folder.root, sh.name, b.manifest.fields, build_id=b.manifest.build_id,
+                                         teacher_id=compute_teacher_id(b.manifest))
             except StoreError:
                 entry = None
             if entry is not None and entry.to_json() == ShardEntry.from_json(_entry_json(state[1])).to_json():
@@ -139,7 +157,8 @@ def _run_pipeline(b: _Build, todo: list[Shard], *, batch_size: int, num_workers:
                            finish_on_device=batched)
     spec = PipelineSpec(b.adapter, b.policy, b.manifest.fields, b.manifest.seed, b.topk, b.num_classes,
                         b.manifest.build_id, b.folder, runner, batch_size,
-                        np.asarray(b.adapter.labels(), dtype=np.int64), stats, progress and b.plan.rank == 0)
+                        np.asarray(b.adapter.labels(), dtype=np.int64), stats, progress and b.plan.rank == 0,
+                        compute_teacher_id(b.manifest))
     Pipeline(spec, b.plan.blocks(todo)).run(num_workers, "crop" if batched else "apply")
 
 
@@ -216,7 +235,10 @@ def build_reinforcements(data, out, *, policy, teacher: Callable[[torch.Tensor],
         num_classes: the teacher's classes (default the teacher's ``num_classes``, else the dataset's).
         dataset_name: the store's ``manifest.dataset`` (default the adapter's name).
         split: recorded in the manifest (default the dataset's split).
-        teacher_desc: JSON-able description of the teacher (default ``teacher.describe()``).
+        teacher_desc: JSON-able description of the teacher (default ``teacher.describe()``), part of the build
+            id; a teacher with ``checkpoint_sha256`` (a :class:`~imagenet_plus.teachers.Teacher`) adds the sha256
+            of each checkpoint it loaded. For another callable, describe its weights here (their sha256): the
+            build id covers only what is described.
         samples_per_shard: samples per shard (``None``: the largest under the store's size cap).
         augs_per_shard: augmentations per shard (``None``: ``min(num_augmentations, 50)``).
         batch_size: teacher batch size (records depend on it through float rounding only).

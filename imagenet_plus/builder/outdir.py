@@ -32,7 +32,7 @@ from safetensors.numpy import save as _st_save
 
 from .._files import atomic_write, atomic_write_text
 from ..errors import BuildError, StoreError
-from ..store import MANIFEST_NAME, SAMPLES_NAME, SHARD_DIR, Manifest
+from ..store import MANIFEST_NAME, SAMPLES_NAME, SHARD_DIR, Manifest, teacher_change
 from .plan import BuildPlan, Shard
 
 __all__ = ["STATE_DIR", "SETTINGS_NAME", "OutputFolder", "BuildLock", "identity_part_name", "shard_state_name"]
@@ -127,6 +127,9 @@ class OutputFolder:
         diff = _differences(settings.get("settings", {}), self.settings["settings"])
         if settings.get("keys_digest") != self.settings["keys_digest"]:
             diff.append("the dataset's sample keys")
+        if "teacher" in diff:
+            raise _teacher_error(self.root, "an unfinished build", settings.get("settings", {}).get("teacher"),
+                                 self.settings["settings"].get("teacher"), "to resume it")
         if diff or settings != self.settings:
             what = ", ".join(diff) or "build id"
             raise BuildError(f"--out {self.root} holds an unfinished build with other settings ({what} differ); rerun "
@@ -147,6 +150,9 @@ class OutputFolder:
         if m.build_id == self.settings["build_id"]:
             return
         diff = _differences(m.settings(), self.settings["settings"]) or ["the dataset's sample keys"]
+        if "teacher" in diff:
+            raise _teacher_error(self.root, "a finished store", m.teacher, self.settings["settings"].get("teacher"),
+                                 "(then there is nothing to do)")
         raise BuildError(f"--out {self.root} holds a finished store with other settings ({', '.join(diff)} differ); "
                          "choose another --out (the store is left as it is)")
 
@@ -251,6 +257,16 @@ class OutputFolder:
         for p in folder.iterdir():
             if p.is_file() and own(p.name):
                 p.unlink(missing_ok=True)
+
+
+def _teacher_error(root: Path, what: str, old, new, then: str) -> BuildError:
+    """The refusal of a resume or rerun whose teacher differs from the one ``root``'s records were made with."""
+    old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+    change = teacher_change(old, new) or "the teacher's description differs"
+    return BuildError(f"--out {root} holds {what} made with another teacher: {change}; its records are that "
+                      f"teacher's, so they are not mixed with or passed off as this one's: restore the original "
+                      f"checkpoint {then}, or choose another --out to build with this teacher (the folder is left as "
+                      "it is)")
 
 
 class BuildLock:

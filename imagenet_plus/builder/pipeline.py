@@ -192,6 +192,7 @@ class PipelineSpec:
     labels: np.ndarray  # every sample's label (mixed records' partner labels for the report)
     stats: BuildStats
     progress: bool = False
+    teacher_id: str = ""  # compute_teacher_id(manifest), stamped on every shard
 
 
 @dataclass
@@ -283,7 +284,7 @@ class Pipeline:
         """Write one shard, read its probe back, then record the shard's state (entry, counts, probe)."""
         s = self.spec
         sh = work.shard
-        entry = write_shard_reporting(s.folder, sh, work.arrays(), s.fields, s.build_id)
+        entry = write_shard_reporting(s.folder, sh, work.arrays(), s.fields, s.build_id, s.teacher_id)
         probe = Probe.of_work(work)
         check_written_shard(s.folder.root, work, probe, s.adapter, s.policy, s.num_classes, s.topk)
         state = {**work.counts(s.num_classes).to_arrays(), **probe.to_arrays()}
@@ -293,10 +294,12 @@ class Pipeline:
         s.stats.bytes_written += entry.bytes
 
 
-def write_shard_reporting(folder: OutputFolder, shard: Shard, arrays: dict, fields, build_id: str) -> ShardEntry:
+def write_shard_reporting(folder: OutputFolder, shard: Shard, arrays: dict, fields, build_id: str,
+                          teacher_id: str) -> ShardEntry:
     """:func:`~imagenet_plus.store.write_shard`; a failed write (a full disk) names the shard and how to resume."""
     try:
-        return write_shard(folder.root, shard.s0, shard.s1, shard.a0, shard.a1, arrays, fields, build_id=build_id)
+        return write_shard(folder.root, shard.s0, shard.s1, shard.a0, shard.a1, arrays, fields, build_id=build_id,
+                           teacher_id=teacher_id)
     except OSError as e:
         path = Path(folder.root) / shard.name
         reason = "the disk is full" if e.errno == errno.ENOSPC else f"{type(e).__name__}: {e}"

@@ -11,13 +11,15 @@ Usage::
     imagenet-plus import-ml-dr ARCHIVE --dataset imagenet --data-root DATA --out STORE
 
 Exit status: 0 on success, 1 when verification fails or the data is bad, 2 on a usage error,
-130 when interrupted. Errors go to stderr as one message (no traceback).
+130 when interrupted, 141 when the reader of its output went away (``... | head``: no traceback).
+Errors go to stderr as one message (no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
@@ -25,6 +27,9 @@ from ..errors import ReinforcementError
 from ._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 __all__ = ["main", "build_parser"]
+
+#: Exit status when stdout's reader closed the pipe (128 + SIGPIPE, what a shell reports for a killed writer).
+EXIT_PIPE = 141
 
 # Each command's module exposes add_parser(subparsers) and sets func; heavy imports stay inside run().
 _COMMANDS = ("imagenet_plus.cli.info", "imagenet_plus.cli.verify", "imagenet_plus.cli.show",
@@ -50,7 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage error, 130 interrupted)."""
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage, 130 interrupted, 141 closed pipe)."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again (Python's documented recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (a test's capture)
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -38,31 +38,43 @@ def info_dict(path: Path) -> dict[str, Any]:
         "shard_bytes": shard_bytes, "samples_bytes": samples_bytes, "total_bytes": shard_bytes + samples_bytes,
         "record_bytes": m.record_bytes, "bytes_per_augmentation": shard_bytes / records if records else 0.0,
         "fields": [f.to_json() for f in m.fields], "seed": m.seed, "format_version": m.format_version,
-        "builder_version": m.builder_version, "report": dict(getattr(m, "report", None) or {}),
+        "builder_version": m.builder_version, "build_id": m.build_id, "reports": dict(m.reports or {}),
         "provenance": m.extra.get("provenance"),
     }
 
 
-def _pct(v) -> str:
-    return f"{100 * float(v):.1f}%" if isinstance(v, (int, float)) else "?"
+def _report_rows(reports: dict) -> list[tuple[str, str]]:
+    """Rows for the manifest's reports: the teacher's agreement with the labels, its input pipeline, and every
+    report's warnings (the teacher report is what tells a garbage teacher from a good one)."""
+    from ..builder.report import summarize
 
-
-def _report_rows(report: dict) -> list[tuple[str, str]]:
-    """Rows for the teacher report (agreement with the labels, input pipeline, warnings)."""
-    t = report.get("teacher") or {}
-    rows = []
-    if "top1" in t:
-        worst = t.get("worst_class") or {}
-        rows.append(("teacher vs labels", f"top-1 {_pct(t['top1'])}, top-5 {_pct(t.get('top5'))} over "
-                     f"{t.get('records', '?'):,} records; worst class {worst.get('class', '?')} "
-                     f"(top-1 {_pct(worst.get('top1'))}, {worst.get('records', '?')} records); chance "
-                     f"{_pct(t.get('chance'))}"))
-    for i, p in enumerate(t.get("inputs") or []):
-        rows.append((f"teacher input {i}" if len(t.get("inputs")) > 1 else "teacher input",
-                     ", ".join(f"{k} {v}" for k, v in p.items())))
-    for w in report.get("warnings") or []:
-        rows.append(("WARNING", str(w)))
+    rows: list[tuple[str, str]] = []
+    teacher = reports.get("teacher")
+    if isinstance(teacher, dict):
+        try:
+            lines = summarize(teacher)
+        except (KeyError, TypeError, ValueError) as e:
+            lines = [f"WARNING: the teacher report is unreadable ({type(e).__name__}: {e}); the manifest was edited"]
+        for line in lines:
+            if line.startswith("WARNING: "):
+                rows.append(("WARNING", line[len("WARNING: "):]))
+            elif line.startswith("teacher input: "):
+                rows.append(("teacher input", line[len("teacher input: "):]))
+            else:
+                rows.append(("teacher vs labels", line))
+    else:
+        rows.append(("teacher vs labels", "no teacher report in the manifest (an imported store: see its source)"))
+    for name, report in sorted(reports.items()):
+        if name != "teacher" and isinstance(report, dict):
+            rows += [("WARNING", f"{name}: {w}") for w in report.get("warnings") or []]
     return rows
+
+
+def _weights_rows(teacher: dict) -> list[tuple[str, str]]:
+    """The teacher's checkpoint files and their sha256 (part of the build id)."""
+    files, shas = teacher.get("checkpoints") or [], teacher.get("checkpoint_sha256") or []
+    pairs = [f"{f or '(pretrained or random)'} sha256 {s or '-'}" for f, s in zip(files, shas)]
+    return [("teacher weights", "; ".join(pairs))] if pairs else []
 
 
 def print_info(d: dict[str, Any]) -> None:
@@ -71,7 +83,8 @@ def print_info(d: dict[str, Any]) -> None:
         ("store", d["path"]),
         ("dataset", f"{d['dataset']} (split {d['split']})"),
         ("teacher", d["teacher_name"]),
-        *_report_rows(d["report"]),
+        *_weights_rows(d["teacher"]),
+        *_report_rows(d["reports"]),
         ("policy", d["policy_name"]),
         ("augmentations (NS)", f"{d['num_augmentations']} per sample"),
         ("top-k (K)", str(d["topk"])),
@@ -84,6 +97,7 @@ def print_info(d: dict[str, Any]) -> None:
         ("record fields", fields),
         ("seed", str(d["seed"])),
         ("format", f"version {d['format_version']}, built by imagenet-plus {d['builder_version']}"),
+        ("build id", str(d["build_id"])),
     ]
     if d.get("provenance"):
         rows.append(("imported from", ", ".join(f"{k} {v}" for k, v in d["provenance"].items())))

@@ -41,7 +41,7 @@ from ..builder.outdir import shard_state_name
 from ..builder.plan import Shard, create_plan
 from ..errors import AlignmentError, ImportFormatError, ReinforcementError, StoreError
 from ..schema import target_fields
-from ..store import MANIFEST_NAME, Manifest, ShardEntry, open_store, read_shard_entry, write_shard
+from ..store import MANIFEST_NAME, Manifest, ShardEntry, compute_teacher_id, open_store, read_shard_entry, write_shard
 from ._archive import fingerprint_source, open_archive
 from ._config import DATASETS, parse_config
 from ._convert import Converter, mldr_order, policy_config
@@ -145,15 +145,22 @@ def _kept(folder: ImportFolder, sh: Shard, fields, build_id: str) -> ShardEntry 
     return entry if entry.to_json() == json.loads(state[1]["entry"]) else None
 
 
-def _write_shards(folder: ImportFolder, staging: Staging, fields, build_id: str, kept: dict, result) -> list:
-    """Cut every missing shard from its block's staging file, write it and read it back; the entries in plan order."""
+def _write_shards(folder: ImportFolder, staging: Staging, fields, manifest: Manifest, kept: dict, result) -> list:
+    """Cut every missing shard from its block's staging file, write it and read it back; the entries in plan order.
+
+    Each shard carries the build id and the teacher id, both covering the archive's sha256 (its provenance: the
+    imported store's teacher is the archive's), so a shard of another archive's import is refused on first read.
+    """
+    build_id, teacher_id = manifest.build_id, compute_teacher_id(manifest)
     entries = {}
     for block in folder.plan.blocks(folder.plan.shards):
         for sh in block.shards:
             if sh not in kept:
                 part = staging.shard_fields(sh.s0, sh.s1, sh.a0, sh.a1, fields)
-                entry = write_shard(folder.root, sh.s0, sh.s1, sh.a0, sh.a1, part, fields, build_id=build_id)
-                back = read_shard_entry(folder.root, sh.name, fields, build_id=build_id)  # every row's checksum
+                entry = write_shard(folder.root, sh.s0, sh.s1, sh.a0, sh.a1, part, fields, build_id=build_id,
+                                    teacher_id=teacher_id)
+                back = read_shard_entry(folder.root, sh.name, fields, build_id=build_id,  # every row's checksum
+                                        teacher_id=teacher_id)
                 if back.to_json() != entry.to_json():  # an OSError: the import's state is kept for a rerun
                     raise OSError(errno.EIO, f"{folder.root / sh.name}: read back differs from what was written "
                                              f"({back.sha256} != {entry.sha256}); check the disk, then rerun the same "
@@ -269,7 +276,7 @@ def _run(archive, layout, adapter, folder: ImportFolder, pre: Manifest, fields, 
     timings["archive_s"] = round(time.perf_counter() - t, 3)
     result.shards_kept = len(kept)
     t = time.perf_counter()
-    entries = _write_shards(folder, staging, fields, manifest.build_id, kept, result)
+    entries = _write_shards(folder, staging, fields, manifest, kept, result)
     over = int(staging.over.sum())
     staging.close()
     reports = {"import": {"records_topk_sum_above_1": over, "densify": "such records are stored with tail mass 0 "

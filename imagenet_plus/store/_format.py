@@ -4,8 +4,13 @@ A store folder holds ``manifest.json`` (written last), ``samples.safetensors``
 (per-sample identity) and ``reinforcements/shard-*.safetensors``, each shard
 covering a contiguous sample range ``[s0, s1)`` and augmentation range
 ``[a0, a1)`` with one tensor per field of shape ``[s1 - s0, a1 - a0, *field.shape]``
-and one ``row_crc32`` tensor ``<u4 [s1 - s0]``: the CRC32 (zlib) of each sample
-row's bytes over every field, in manifest field order.
+and one ``row_crc32`` tensor ``<u4 [s1 - s0]``: each sample row's checksum, bound to its
+place (:func:`row_place`): the CRC32 (zlib) of ``place || row bytes``, where ``place`` is the
+store's build id (UTF-8), the sample index (``<u8``) and the shard's augmentation range
+``a0``, ``a1`` (``<u4`` each), and the row bytes are the sample's records over every field,
+in manifest field order. A row moved to another sample, augmentation block or store fails.
+
+Every path a manifest names is confined to the store folder (:func:`confined_path`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import math
 import os
 import re
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +33,9 @@ from ..schema import SAMPLE_FIELDS, Field
 #: Version of the store layout. Bump on any change a reader of an older release cannot read.
 #: 2: per-row checksums in every shard, identity columns (image size, fingerprint) in the
 #: samples file, build ids required and covering every setting a reader relies on.
-FORMAT_VERSION = 2
+#: 3: row checksums bound to their place (build id, sample, augmentation block); the teacher's
+#: identity (checkpoint sha256s, or an imported archive's) in the build id and every shard.
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 SAMPLES_NAME = "samples.safetensors"
 SHARD_DIR = "reinforcements"
@@ -73,9 +81,15 @@ def check_version(version: object, source: str, what: str = "store") -> None:
         newer = int(version) > FORMAT_VERSION  # type: ignore[call-overload]
     except (TypeError, ValueError):
         newer = False
-    hint = ("upgrade imagenet-plus" if newer else
-            "it was written before per-row checksums and build ids existed: rebuild the store with this release "
-            "(no version-1 store was ever published)")
+    if newer:
+        hint = "upgrade imagenet-plus"
+    elif str(version) == "2":
+        hint = ("it was written before row checksums were bound to their sample and the teacher's weights to the "
+                "build id, so its rows and teacher cannot be checked: rebuild it with this release (`imagenet-plus "
+                "build`, same settings) or re-import it (`imagenet-plus import-ml-dr`)")
+    else:
+        hint = ("it was written before per-row checksums and build ids existed: rebuild the store with this release "
+                "(no version-1 store was ever published)")
     raise FormatVersionError(f"{source}: {what} format version {version!r}, this release reads version "
                              f"{FORMAT_VERSION}; {hint}")
 
@@ -309,15 +323,39 @@ def check_build_id_arg(build_id: object, where: str) -> str:
 
 # -- row checksums ---------------------------------------------------------------------------------------
 
-def row_checksums(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """CRC32 of each sample row over every field: ``<u4 [R]``.
+_PLACE = struct.Struct("<QII")
+
+
+def row_place(build_id: str, sample: int, a0: int, a1: int) -> bytes:
+    """What a row's checksum covers before its bytes: ``build_id`` (UTF-8), ``sample`` ``<u8``, ``a0``, ``a1`` ``<u4``.
+
+    Example:
+        >>> len(row_place("0123456789abcdef", 3, 0, 50))
+        32
+    """
+    return build_id.encode("utf-8") + _PLACE.pack(sample, a0, a1)
+
+
+def row_seeds(build_id: str, samples, a0: int, a1: int) -> list[int]:
+    """``zlib.crc32(row_place(build_id, s, a0, a1))`` of each sample ``s``: the value each row's CRC32 starts from."""
+    base = zlib.crc32(build_id.encode("utf-8"))
+    pack, crc32 = _PLACE.pack, zlib.crc32
+    return [crc32(pack(s, a0, a1), base) for s in samples]
+
+
+def row_checksums(rows: Sequence[np.ndarray], seeds: Sequence[int]) -> np.ndarray:
+    """CRC32 of each sample row over every field, started from its place's seed: ``<u4 [R]``.
 
     Args:
         rows: one array per field (manifest order), each ``[R, ...]`` in its stored
             (little-endian) dtype; row ``r``'s checksum covers ``rows[0][r]``,
             ``rows[1][r]``, ... as one byte string.
+        seeds: ``R`` start values (:func:`row_seeds` of the rows' samples), so that the
+            checksum is ``crc32(row_place(...) + row_bytes)``.
     """
     n = rows[0].shape[0] if rows else 0
+    if len(seeds) != n:
+        raise StoreError(f"row_checksums: {len(seeds)} seeds for {n} rows; give one seed per row (row_seeds)")
     flat = [np.ascontiguousarray(a).reshape(n, -1).view(np.uint8) for a in rows]
     row_bytes = sum(a.shape[1] for a in flat)
     out = np.empty(n, dtype="<u4")
@@ -325,11 +363,111 @@ def row_checksums(rows: Sequence[np.ndarray]) -> np.ndarray:
     crc32 = zlib.crc32
     for r0 in range(0, n, step):
         block = np.concatenate([a[r0:r0 + step] for a in flat], axis=1) if len(flat) > 1 else flat[0][r0:r0 + step]
-        out[r0:r0 + block.shape[0]] = [crc32(row) for row in block]
+        out[r0:r0 + block.shape[0]] = [crc32(row, seed) for row, seed in zip(block, seeds[r0:r0 + step])]
     return out
 
 
 def row_mismatch_message(path: Path, sample: int, a0: int, a1: int, got: int, want: int) -> str:
     """The message for sample ``sample``'s row of shard ``path`` failing its checksum."""
     return (f"{path}: the records of sample {sample} (augmentations [{a0}, {a1})) fail their checksum (CRC32 "
-            f"{got:08x}, stored {want:08x}); the shard is corrupt: {REPAIR}; {FULL_CHECK}")
+            f"{got:08x}, stored {want:08x}): the row is corrupt, or was moved from another sample, augmentation "
+            f"block or store; {REPAIR}; {FULL_CHECK}")
+
+
+def check_teacher_id(path: Path, meta: dict[str, str], teacher_id: str | None) -> None:
+    """Raise :class:`IntegrityError` unless a shard's ``__metadata__`` carries ``teacher_id`` (``None``: no check)."""
+    if teacher_id is None:
+        return
+    got = meta.get("teacher_id")
+    if got != teacher_id:
+        have = "has no teacher_id in its metadata" if got is None else f"was written with teacher {got!r}"
+        raise IntegrityError(f"{path} {have}, the store's teacher is {teacher_id!r} (its checkpoint sha256s or "
+                             f"imported archive, see manifest.teacher): the shard was copied in from a store built "
+                             f"with another teacher; {REPAIR}")
+
+
+# -- confined paths --------------------------------------------------------------------------------------
+
+def check_relative_name(name: object, what: str, source: str) -> str:
+    """Return ``name`` if it is a plain relative POSIX path inside a folder (no ``..``, not absolute), else raise.
+
+    Raises:
+        StoreError: naming ``source`` (the manifest), ``what`` and the name; nothing is opened.
+    """
+    text = name if isinstance(name, str) else ""
+    parts = text.split("/")
+    if (not text or "\\" in text or "\0" in text or text.startswith("/") or re.match(r"^[A-Za-z]:", text)
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StoreError(f"{source}: {what} {name!r} is not a path inside the store folder (absolute, with '..' or "
+                         f"empty parts); the manifest is damaged or hostile: nothing outside the store is read, get "
+                         f"the store again from its publisher or rebuild it")
+    return text
+
+
+def _inside(path: str, folders: Sequence[str], above: bool = False) -> bool:
+    """``path`` inside one of ``folders`` (lexically); with ``above``, also a folder above one of them."""
+    def under(a: str, b: str) -> bool:
+        return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+    return any(under(path, f) or (above and under(f, path)) for f in folders)
+
+
+def _walk(start: str, parts: list[str], allowed: list[str], shown: Path, what: str) -> tuple[str, bool]:
+    """Resolve ``parts`` from ``start`` like the kernel does, reading each link before touching its target.
+
+    Only paths inside ``allowed`` (or folders above them, on the way down to them) are looked at.
+    Returns the resolved path and whether a link was followed.
+    """
+    cur, todo, hops, link = start, list(parts), 0, ""
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = os.path.join(cur, part)
+        if not _inside(nxt, allowed, above=True):
+            raise StoreError(f"{shown}: the store's {what} is a symbolic link leading outside the store folder "
+                             f"({link or nxt}); nothing outside the store is read: replace the link by the file "
+                             "itself, or get the store again from its publisher")
+        if not os.path.islink(nxt):
+            cur = nxt
+            continue
+        hops += 1
+        if hops > 40:
+            raise StoreError(f"{shown}: too many levels of symbolic links; replace the link by the file itself")
+        target = os.readlink(nxt)
+        link = f"{nxt} -> {target}"
+        if os.path.isabs(target):
+            cur = os.sep
+        todo[:0] = target.split(os.sep)
+    if not _inside(cur, allowed):
+        raise StoreError(f"{shown}: the store's {what} leads outside the store folder ({link or cur}); nothing outside "
+                         "the store is read: replace the link by the file itself, or get the store again from its "
+                         "publisher")
+    return cur, hops > 0
+
+
+def confined_path(root: str | os.PathLike, name: str, what: str = "file") -> Path:
+    """``root / name`` after checking that it lies inside ``root``, symbolic links followed, before opening it.
+
+    ``name`` must be a relative name (:func:`check_relative_name`). Each symbolic link on the way
+    is read (``readlink``) before anything behind it is looked at: a folder may link within the
+    store; a file may link within the store or, in a Hugging Face cache snapshot
+    (``.../snapshots/<commit>``), into the repo's ``blobs/`` folder. Returns the path to open (the
+    resolved one when a link was followed).
+
+    Raises:
+        StoreError: the name is absolute or has ``..``, or the path leaves the store (names the
+            file, where it leads, and the fix).
+    """
+    check_relative_name(name, what, str(Path(root) / MANIFEST_NAME))
+    base = os.path.realpath(root)
+    allowed = [base]
+    if os.path.basename(os.path.dirname(base)) == "snapshots":
+        allowed.append(os.path.join(os.path.dirname(os.path.dirname(base)), "blobs"))
+    shown = Path(root) / name
+    parts = name.split("/")
+    parent, linked = _walk(base, parts[:-1], [base], shown, what)
+    final, linked_final = _walk(parent, parts[-1:], allowed, shown, what)
+    return Path(final) if linked or linked_final else shown

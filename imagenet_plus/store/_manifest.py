@@ -8,6 +8,11 @@ Every shard and the samples file carry it in their ``__metadata__``; the reader 
 file's keys, so a hand-edited setting (``num_classes``, ``topk``, ``seed``, ``policy``,
 ``teacher``, ...) is an error, never a silently different reading of the same bytes.
 The fields outside the build id are listed in :data:`NOT_IN_BUILD_ID`.
+
+The teacher is part of the identity: ``teacher`` holds the builder's description of it (model
+names, checkpoint file names and each checkpoint's sha256, the input pipelines), and an
+imported store's ``extra["provenance"]`` the archive's sha256. :func:`compute_teacher_id`
+digests both; every shard carries it as ``teacher_id``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ import numpy as np
 from .._files import atomic_write_text
 from ..errors import StoreError
 from ..schema import Field, target_fields
-from ._format import (FORMAT_VERSION, MANIFEST_NAME, REPAIR, ROW_CRC_NAME, check_version, plan_shards,
-                      shard_filename, st_code)
+from ._format import (FORMAT_VERSION, MANIFEST_NAME, REPAIR, ROW_CRC_NAME, SAMPLES_NAME, check_relative_name,
+                      check_version, plan_shards, shard_filename, st_code)
 
 __all__ = ["FileEntry", "ShardEntry", "Manifest", "BUILD_ID_FIELDS", "NOT_IN_BUILD_ID", "compute_build_id",
-           "digest_keys", "encode_keys"]
+           "compute_teacher_id", "teacher_identity", "digest_keys", "encode_keys"]
 
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
 
@@ -40,7 +45,7 @@ BUILD_ID_FIELDS = ("format_version", "dataset", "split", "num_samples", "num_aug
 NOT_IN_BUILD_ID = {
     "builder_version": "not checked: informational (the code version that wrote the store)",
     "reports": "not checked: free-form reports (e.g. a teacher report), written after the records",
-    "samples_file": "checked by size (at open) and sha256 (at open and by verify)",
+    "samples_file": "named samples.safetensors; checked by size (at open) and sha256 (at open and by verify)",
     "shards": "checked against the shard plan, by size and header (at open) and sha256 (verify full=True)",
     "build_id": "compared with the recomputed id and every file's metadata",
 }
@@ -228,6 +233,14 @@ class Manifest:
         _validate_fields(self, bad)
         if self.build_id is not None and not (isinstance(self.build_id, str) and self.build_id):
             raise bad(f"build_id must be a non-empty string, got {self.build_id!r}")
+        for s in self.shards:
+            check_relative_name(s.file, "shard", source)
+        if self.samples_file is not None:
+            check_relative_name(self.samples_file.file, "samples_file.file", source)
+            if self.samples_file.file != SAMPLES_NAME:
+                raise bad(f"samples_file.file is {self.samples_file.file!r}, a store's samples file is "
+                          f"{SAMPLES_NAME!r} at its top level; the manifest was edited: get the store again from its "
+                          "publisher or rebuild it")
         if not require_files:
             return
         if self.build_id is None:
@@ -349,6 +362,58 @@ def compute_build_id(manifest: Manifest, keys_digest: str) -> str:
         raise StoreError(f"compute_build_id: the manifest's settings are not JSON-able ({e}); describe the policy, "
                          "teacher and extras with dicts, lists, strings, numbers, bools or None") from e
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+
+def teacher_identity(manifest: Manifest) -> dict:
+    """What identifies a store's teacher: ``manifest.teacher`` and an imported archive's full hash.
+
+    For a build, ``teacher`` holds the model names, checkpoint file names and their sha256
+    (``checkpoint_sha256``) and the input pipelines; for an ml-dr import, the archive's
+    ``sha256`` (or an extracted folder's ``content_sha256``) in ``extra["provenance"]``.
+    """
+    prov = manifest.extra.get("provenance") if isinstance(manifest.extra.get("provenance"), dict) else {}
+    return {"teacher": manifest.teacher,
+            "archive": {k: prov[k] for k in ("sha256", "content_sha256") if k in prov}}  # type: ignore[union-attr]
+
+
+def compute_teacher_id(manifest: Manifest) -> str:
+    """16 hex digits of the sha256 of the canonical JSON of :func:`teacher_identity` (every shard's ``teacher_id``).
+
+    Example:
+        >>> write_shard(root, 0, 100, 0, 50, arrays, fields, build_id=m.build_id, teacher_id=compute_teacher_id(m))
+    """
+    try:
+        text = json.dumps(teacher_identity(manifest), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False, default=json_default)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"compute_teacher_id: the manifest's teacher is not JSON-able ({e})") from e
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+
+def teacher_change(old: dict, new: dict) -> str | None:
+    """How teacher description ``new`` differs from ``old`` (each a manifest's ``teacher``), ``None`` if equal.
+
+    A changed checkpoint is named with its member, file and both sha256s.
+    """
+    if old == new:
+        return None
+    names = new.get("models") or old.get("models") or []
+    files = new.get("checkpoints") or old.get("checkpoints") or []
+    was, now = old.get("checkpoint_sha256") or [], new.get("checkpoint_sha256") or []
+    changed = []
+    for k in range(max(len(was), len(now))):
+        a = was[k] if k < len(was) else None
+        b = now[k] if k < len(now) else None
+        if a != b:
+            name = names[k] if k < len(names) else f"member {k}"
+            file = files[k] if k < len(files) else None
+            changed.append(f"checkpoint {file or '(none)'} of {name} had sha256 {a or 'not recorded'}, "
+                           f"now {b or 'not recorded (no checkpoint)'}")
+    if changed:
+        return "; ".join(changed)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return f"the teacher's {', '.join(keys)} differ ({json.dumps({k: old.get(k) for k in keys}, default=str)} " \
+           f"before, {json.dumps({k: new.get(k) for k in keys}, default=str)} now)"
 
 
 def json_default(o: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import struct
 import threading
 import zlib
 from collections import deque
@@ -17,9 +18,10 @@ import numpy as np
 from .._checks import check_int
 from ..errors import AlignmentError, IntegrityError, StoreError
 from ..schema import PROB_CODE_SCALE, PROB_CODE_ZERO, Field, decode_topk_ids, decode_topk_probs, id_bits
-from ._format import (MANIFEST_NAME, REPAIR, ROW_CRC_NAME, check_build_id, check_shard_metadata, check_tensors,
-                      read_header, row_checksums, row_mismatch_message, shard_layout)
-from ._manifest import BUILD_ID_FIELDS, Manifest, ShardEntry, compute_build_id
+from ._format import (MANIFEST_NAME, REPAIR, ROW_CRC_NAME, check_build_id, check_shard_metadata, check_teacher_id,
+                      check_tensors, confined_path, read_header, row_checksums, row_mismatch_message, row_seeds,
+                      shard_layout)
+from ._manifest import BUILD_ID_FIELDS, Manifest, ShardEntry, compute_build_id, compute_teacher_id
 from ._samples import SamplesFile
 
 __all__ = ["Record", "ReinforcementStore", "open_store"]
@@ -33,6 +35,7 @@ _CODE_VALUES[PROB_CODE_ZERO] = 0.0
 _ROWS_PER_VECTOR_CHECK = 16
 
 _FOREIGN_FIX = f"this shard belongs to another build (the manifest's build_id differs): {REPAIR}"
+_PLACE = struct.Struct("<QII")  # sample, a0, a1 after the build id: _format.row_place
 
 
 class Record(NamedTuple):
@@ -51,17 +54,21 @@ class _MissingKey(AlignmentError, KeyError):
 class _Shard:
     """An opened shard: read-only numpy views over a shared mmap, and what checking a row needs."""
 
-    __slots__ = ("path", "s0", "a0", "a1", "cols", "params", "ids", "probs", "flat", "rows", "row_views", "crc")
+    __slots__ = ("path", "s0", "a0", "a1", "cols", "params", "ids", "probs", "flat", "rows", "row_views", "crc",
+                 "build_id", "seed")
 
-    def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...], build_id: str | None):
+    def __init__(self, path: Path, entry: ShardEntry, fields: tuple[Field, ...], build_id: str,
+                 teacher_id: str):
         (s0, s1), (a0, a1) = entry.samples, entry.augs
         tensors, meta, size = read_header(path)
         if size != entry.bytes:
             raise IntegrityError(f"{path}: {size} bytes, the manifest says {entry.bytes}; the file is truncated or "
                                  f"from another build: {REPAIR}")
         check_shard_metadata(path, meta, s0, s1, a0, a1)
+        check_teacher_id(path, meta, teacher_id)
         check_build_id(path, meta, build_id, _FOREIGN_FIX)
         check_tensors(path, tensors, shard_layout(fields, s0, s1, a0, a1), size)
+        self.build_id, self.seed = build_id, zlib.crc32(build_id.encode("utf-8"))
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         # No MADV_RANDOM: measured, the kernel's read-around fills the page cache far faster
@@ -84,8 +91,9 @@ class _Shard:
         self.crc = np.frombuffer(mm, dtype="<u4", count=n, offset=tensors[ROW_CRC_NAME].start)
 
     def check_row(self, r: int) -> None:
-        """Check row ``r`` against its checksum; raises :class:`IntegrityError` naming shard and sample."""
-        crc = 0
+        """Check row ``r`` against its checksum (bound to its place); raises :class:`IntegrityError` naming shard
+        and sample."""
+        crc = zlib.crc32(_PLACE.pack(self.s0 + r, self.a0, self.a1), self.seed)
         for buf, nb in self.rows:
             crc = zlib.crc32(buf[r * nb:(r + 1) * nb], crc)
         want = int(self.crc[r])
@@ -94,7 +102,8 @@ class _Shard:
 
     def check_rows(self, rows: np.ndarray) -> None:
         """Check the rows ``rows`` (unique, int64) in one pass: one CRC update per row instead of per field."""
-        got = row_checksums([v[rows] for v in self.row_views])
+        got = row_checksums([v[rows] for v in self.row_views],
+                            row_seeds(self.build_id, (rows + self.s0).tolist(), self.a0, self.a1))
         bad = np.flatnonzero(got != self.crc[rows])
         if bad.size:
             r = int(rows[bad[0]])
@@ -155,6 +164,7 @@ class ReinforcementStore:
         self._bits = id_bits(m.num_classes)
         self._k = m.topk
         self._max_open = check_int(max_open_shards, "max_open_shards", low=1)
+        self._teacher_id = compute_teacher_id(m)
         self._needed = [k for k, e in enumerate(m.shards) if e.augs[0] < self._num_augs]
         if check_files:
             self._check_files()
@@ -170,7 +180,7 @@ class ReinforcementStore:
     def _check_files(self) -> None:
         problems = []
         for e in [self.manifest.samples_file] + [self.manifest.shards[k] for k in self._needed]:
-            p = self.root / e.file  # type: ignore[union-attr]
+            p = confined_path(self.root, e.file)  # type: ignore[union-attr]
             try:
                 size = p.stat().st_size
             except FileNotFoundError:
@@ -186,8 +196,8 @@ class ReinforcementStore:
 
     def _open_samples(self, check_sha256: bool) -> SamplesFile:
         e = self.manifest.samples_file
-        return SamplesFile(self.root / e.file, e, self._n, self.manifest.build_id,  # type: ignore[union-attr]
-                           check_sha256=check_sha256)
+        return SamplesFile(confined_path(self.root, e.file, "samples file"), e, self._n,  # type: ignore[union-attr]
+                           self.manifest.build_id, check_sha256=check_sha256)
 
     @property
     def _samples_file(self) -> SamplesFile:
@@ -242,7 +252,8 @@ class ReinforcementStore:
             if sh is not None:  # another thread opened it meanwhile
                 return sh
             entry = self.manifest.shards[k]
-            sh = _Shard(self.root / entry.file, entry, self._fields, self.manifest.build_id)
+            sh = _Shard(confined_path(self.root, entry.file, "shard"), entry, self._fields,
+                        self.manifest.build_id, self._teacher_id)  # type: ignore[arg-type]
             if len(self._order) >= self._max_open:
                 self._open[self._order.popleft()] = None
             self._open[k] = sh

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..schema import Field, decode_topk_ids, decode_topk_probs
-from ._format import ROW_CRC_NAME, TensorInfo, row_checksums
+from ._format import ROW_CRC_NAME, TensorInfo, row_checksums, row_seeds
 
 _HASH_CHUNK = 16 * 1024 * 1024
 _ROWS_CHUNK_BYTES = 32 * 1024 * 1024
@@ -56,7 +56,8 @@ def field_view(buf, t: TensorInfo, f: Field, rows: int) -> np.ndarray:
 
 
 def scan_shard(path: Path, tensors: dict[str, TensorInfo], fields: Sequence[Field], rows: int, *,
-               num_classes: int | None = None, topk: int | None = None) -> ShardScan:
+               place: tuple[str, int, int, int], num_classes: int | None = None,
+               topk: int | None = None) -> ShardScan:
     """Hash a (header-checked) shard, check every row checksum and, with ``num_classes``, every value.
 
     Args:
@@ -64,6 +65,7 @@ def scan_shard(path: Path, tensors: dict[str, TensorInfo], fields: Sequence[Fiel
         tensors: its parsed header (already checked against the manifest's layout).
         fields: the manifest's fields (param fields, then the two target fields).
         rows: samples in the shard (``s1 - s0``).
+        place: ``(build_id, s0, a0, a1)``: what the row checksums are bound to (``row_place``).
         num_classes, topk: given: also check params within their declared ranges, class
             ids below ``num_classes``, probabilities in ``[0, 1]``, summing to at most
             ``1 + 1e-3`` and in descending order.
@@ -74,9 +76,10 @@ def scan_shard(path: Path, tensors: dict[str, TensorInfo], fields: Sequence[Fiel
     stored = np.frombuffer(buf, dtype="<u4", count=rows, offset=tensors[ROW_CRC_NAME].start)
     row_bytes = max(1, sum(f.nbytes for f in fields) * views[0].shape[1])
     step = max(1, _ROWS_CHUNK_BYTES // row_bytes)
+    build_id, s0, a0, a1 = place
     for r0 in range(0, rows, step):
         chunk = [v[r0:r0 + step] for v in views]
-        got = row_checksums(chunk)
+        got = row_checksums(chunk, row_seeds(build_id, range(s0 + r0, s0 + min(rows, r0 + step)), a0, a1))
         scan.bad_rows.extend((np.flatnonzero(got != stored[r0:r0 + step]) + r0).tolist())
         if num_classes is not None and not scan.problems:
             scan.problems.extend(_value_problems(path, fields, chunk, num_classes, topk or 1))

@@ -10,14 +10,17 @@ from pathlib import Path
 from .._checks import check_int
 from .._files import human_bytes
 from ..errors import IntegrityError, StoreError
-from ._format import check_build_id, check_shard_metadata, check_tensors, read_header, shard_layout
-from ._manifest import BUILD_ID_FIELDS, NOT_IN_BUILD_ID, Manifest, compute_build_id
+from ._format import (check_build_id, check_shard_metadata, check_teacher_id, check_tensors, confined_path,
+                      read_header, shard_layout)
+from ._manifest import BUILD_ID_FIELDS, NOT_IN_BUILD_ID, Manifest, compute_build_id, compute_teacher_id
 from ._samples import SamplesFile
 from ._scan import scan_shard
 
 __all__ = ["VerifyReport", "verify"]
 
 _SHOWN = 20
+#: How to ask for the full check, from Python and from the command line.
+_FULL = "run with full=True (`imagenet-plus verify STORE --full` on the command line)"
 
 
 @dataclass
@@ -95,8 +98,8 @@ class VerifyReport:
 def _check_samples(root: Path, m: Manifest, full: bool, report: VerifyReport) -> SamplesFile | None:
     """Header (and with ``full`` sha256 and values) of the samples file; returns it opened, or None."""
     e = m.samples_file
-    p = root / e.file  # type: ignore[union-attr]
     try:
+        p = confined_path(root, e.file, "samples file")  # type: ignore[union-attr]
         samples = SamplesFile(p, e, m.num_samples, m.build_id, check_sha256=full)  # type: ignore[arg-type]
     except StoreError as err:
         report.problems.append(str(err))
@@ -137,14 +140,15 @@ def _check_build_id(root: Path, m: Manifest, samples: SamplesFile | None, report
 
 
 def _check_shard(root: Path, m: Manifest, e, full: bool, report: VerifyReport) -> None:
-    p = root / e.file
     (s0, s1), (a0, a1) = e.samples, e.augs
     try:
+        p = confined_path(root, e.file, "shard")
         tensors, meta, size = read_header(p)
         if size != e.bytes:
             raise IntegrityError(f"{p}: {size} bytes, the manifest says {e.bytes}; the file is truncated or from "
                                  "another build")
         check_shard_metadata(p, meta, s0, s1, a0, a1)
+        check_teacher_id(p, meta, compute_teacher_id(m))
         check_build_id(p, meta, m.build_id, "this shard belongs to another build (the manifest's build_id differs)")
         check_tensors(p, tensors, shard_layout(m.fields, s0, s1, a0, a1), size)
     except StoreError as err:
@@ -153,7 +157,8 @@ def _check_shard(root: Path, m: Manifest, e, full: bool, report: VerifyReport) -
     report.bytes_checked += size
     if not full:
         return
-    scan = scan_shard(p, tensors, m.fields, s1 - s0, num_classes=m.num_classes, topk=m.topk)
+    scan = scan_shard(p, tensors, m.fields, s1 - s0, place=(m.build_id, s0, a0, a1), num_classes=m.num_classes,
+                      topk=m.topk)
     report.bytes_hashed += size
     report.files_hashed += 1
     report.rows_checked += s1 - s0
@@ -161,8 +166,9 @@ def _check_shard(root: Path, m: Manifest, e, full: bool, report: VerifyReport) -
         report.problems.append(f"{p}: sha256 {scan.sha256} does not match the manifest's {e.sha256}")
     if scan.bad_rows:
         bad = [s0 + r for r in scan.bad_rows]
-        report.problems.append(f"{p}: {len(bad)} sample row(s) fail their checksum: samples "
-                               f"{bad[:10]}{' ...' if len(bad) > 10 else ''} (augmentations [{a0}, {a1}))")
+        report.problems.append(f"{p}: {len(bad)} sample row(s) fail their checksum (corrupt, or moved from another "
+                               f"sample, block or store): samples {bad[:10]}{' ...' if len(bad) > 10 else ''} "
+                               f"(augmentations [{a0}, {a1}))")
     report.problems.extend(scan.problems)
 
 
@@ -229,13 +235,14 @@ def _describe(report: VerifyReport, m: Manifest, shards: list, limit: int) -> No
     samples_bytes = m.samples_file.bytes  # type: ignore[union-attr]
     report.checked[:0] = [f"manifest: format version, schema, shard plan ({len(m.shards)} shards)"]
     report.checked += [
-        f"samples file and {n} shard file(s) ({human_bytes(shard_bytes + samples_bytes)}): present, sizes, headers, "
-        "tensor shapes and dtypes, sample/augmentation ranges, build ids",
+        f"samples file and {n} shard file(s) ({human_bytes(shard_bytes + samples_bytes)}): inside the store folder, "
+        "present, sizes, headers, tensor shapes and dtypes, sample/augmentation ranges, build ids, teacher ids",
     ]
     if report.full:
         report.checked += [
             f"sha256 of {report.files_hashed} file(s) ({human_bytes(report.bytes_hashed)}) against the manifest",
-            f"CRC32 of {report.rows_checked} sample row(s) ({report.num_records} records)",
+            f"CRC32 of {report.rows_checked} sample row(s) ({report.num_records} records), each bound to its place "
+            "(build id, sample, augmentation block)",
             "values: params within their declared ranges, class ids < num_classes, probabilities in [0, 1] summing "
             "to <= 1 and descending, labels in [0, num_classes), image sizes >= 1, keys unique and UTF-8",
         ]
@@ -246,10 +253,10 @@ def _describe(report: VerifyReport, m: Manifest, shards: list, limit: int) -> No
     else:
         report.not_checked += [
             f"sha256 of {n} shard file(s) ({human_bytes(shard_bytes)}) and the samples file "
-            f"({human_bytes(samples_bytes)}): run with full=True (`imagenet-plus verify STORE --full`)",
-            f"CRC32 of {rows} sample row(s) ({report.num_records} records): run with full=True (readers check "
-            "each row on first read)",
-            "value ranges (params, class ids, probabilities, labels, image sizes): run with full=True",
+            f"({human_bytes(samples_bytes)}): {_FULL}",
+            f"CRC32 of {rows} sample row(s) ({report.num_records} records): {_FULL}; readers check each row on "
+            "first read",
+            f"value ranges (params, class ids, probabilities, labels, image sizes): {_FULL}",
         ]
     skipped = len(m.shards) - n
     if skipped:

@@ -13,10 +13,12 @@ from .._files import WrittenFile, atomic_write
 from ..errors import IntegrityError, StoreError
 from ..schema import SAMPLE_FIELDS, Field, encode_topk_ids, encode_topk_probs, target_fields
 from ._format import (FORMAT_VERSION, MAX_SHARD_BYTES, ROW_CRC_NAME, SAMPLES_NAME, SHARD_DIR, check_build_id,
-                      check_build_id_arg, check_shard_metadata, check_tensors, check_version, key_bytes_of,
-                      parse_shard_filename, plan_shards, read_header, resolve_shard_shape, row_checksums,
-                      samples_layout, serialize_header, shard_filename, shard_layout)
-from ._manifest import FileEntry, Manifest, ShardEntry, compute_build_id, digest_keys, encode_keys, hash_keys
+                      check_build_id_arg, check_shard_metadata, check_teacher_id, check_tensors, check_version,
+                      confined_path, key_bytes_of, parse_shard_filename, plan_shards, read_header,
+                      resolve_shard_shape, row_checksums, row_seeds, samples_layout, serialize_header,
+                      shard_filename, shard_layout)
+from ._manifest import (FileEntry, Manifest, ShardEntry, compute_build_id, compute_teacher_id, digest_keys,
+                        encode_keys, hash_keys)
 from ._scan import map_file, scan_shard
 
 __all__ = ["write_shard", "read_shard_entry", "write_samples", "write_manifest", "write_store", "sha256_file"]
@@ -70,8 +72,9 @@ def _checked_arrays(name: str, arrays: Mapping[str, np.ndarray], fields: Sequenc
 
 
 def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arrays: Mapping[str, np.ndarray],
-                fields: Sequence[Field], *, build_id: str, max_shard_bytes: int = MAX_SHARD_BYTES) -> ShardEntry:
-    """Write shard ``[s0, s1) x [a0, a1)`` with its row checksums, atomically.
+                fields: Sequence[Field], *, build_id: str, teacher_id: str,
+                max_shard_bytes: int = MAX_SHARD_BYTES) -> ShardEntry:
+    """Write shard ``[s0, s1) x [a0, a1)`` with its row checksums (bound to their place), atomically.
 
     The size and sha256 in the returned entry are computed while writing; nothing is
     read back.
@@ -82,7 +85,9 @@ def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arr
         a0, a1: augmentation range.
         arrays: one array per field, shape ``[s1 - s0, a1 - a0, *field.shape]``, the field's dtype.
         fields: all fields (param fields then the two target fields), in manifest order.
-        build_id: the build's id (:func:`compute_build_id`), stored in the shard's ``__metadata__``.
+        build_id: the build's id (:func:`compute_build_id`), stored in the shard's ``__metadata__``
+            and covered by every row's checksum (with the sample index and ``a0``, ``a1``).
+        teacher_id: :func:`compute_teacher_id` of the build's manifest, stored in the ``__metadata__``.
         max_shard_bytes: the size cap.
 
     Returns:
@@ -95,9 +100,10 @@ def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arr
 
     Example:
         >>> entry = write_shard("out", 0, 100, 0, 50, {"crop": crop, "topk_ids": ids, "topk_probs": codes}, fields,
-        ...                     build_id=build_id)
+        ...                     build_id=build_id, teacher_id=compute_teacher_id(manifest))
     """
     check_build_id_arg(build_id, "write_shard")
+    check_build_id_arg(teacher_id, "write_shard (teacher_id: compute_teacher_id(manifest))")
     if not (0 <= s0 < s1 and 0 <= a0 < a1):
         raise StoreError(f"write_shard: empty or negative range samples [{s0}, {s1}) x augs [{a0}, {a1})")
     name = shard_filename(s0, s1, a0, a1)
@@ -108,15 +114,15 @@ def write_shard(root: str | os.PathLike, s0: int, s1: int, a0: int, a1: int, arr
     if nbytes > max_shard_bytes:
         raise StoreError(f"write_shard {name}: {nbytes} bytes of tensors exceed the shard size cap of "
                          f"{max_shard_bytes} bytes; plan smaller shards (plan_shards with record_bytes)")
-    out[ROW_CRC_NAME] = row_checksums([out[f.name] for f in fields])
+    out[ROW_CRC_NAME] = row_checksums([out[f.name] for f in fields], row_seeds(build_id, range(s0, s1), a0, a1))
     meta = {"format_version": str(FORMAT_VERSION), "s0": str(s0), "s1": str(s1), "a0": str(a0), "a1": str(a1),
-            "build_id": build_id}
+            "build_id": build_id, "teacher_id": teacher_id}
     written = _write_safetensors(Path(root) / name, out, meta)
     return ShardEntry(name, (s0, s1), (a0, a1), written.bytes, written.sha256)
 
 
 def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Field], *,
-                     build_id: str | None = None) -> ShardEntry:
+                     build_id: str | None = None, teacher_id: str | None = None) -> ShardEntry:
     """Check a finished shard and return its entry (for a resumed build).
 
     Checks the header, metadata, names, shapes, dtypes and size, and every row against
@@ -128,7 +134,9 @@ def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Fi
         filename: the shard's path relative to ``root``, or its bare name.
         fields: all fields (param fields then the two target fields).
         build_id: if given, the shard's metadata must carry this ``build_id`` (a resumed
-            build keeps only its own shards, never a same-size one left by another build).
+            build keeps only its own shards, never a same-size one left by another build);
+            the rows are checked against it (without it, against the shard's own).
+        teacher_id: if given, the shard's metadata must carry this ``teacher_id``.
 
     Raises:
         StoreError: the name is not a shard name, or the header disagrees with it or with ``fields``.
@@ -142,13 +150,14 @@ def read_shard_entry(root: str | os.PathLike, filename: str, fields: Sequence[Fi
     if ranges is None:
         raise StoreError(f"{filename}: not a shard file name (expected shard-sXXXXXXXX-sXXXXXXXX-aXXXXX-aXXXXX"
                          ".safetensors)")
-    path = Path(root) / rel
+    path = confined_path(root, rel, "shard")
     tensors, meta, size = read_header(path)
     check_shard_metadata(path, meta, *ranges)
     check_build_id(path, meta, build_id, "this shard belongs to another build; delete it or use a fresh --out")
+    check_teacher_id(path, meta, teacher_id)
     check_tensors(path, tensors, shard_layout(fields, *ranges), size)
     s0, s1, a0, a1 = ranges
-    scan = scan_shard(path, tensors, fields, s1 - s0)
+    scan = scan_shard(path, tensors, fields, s1 - s0, place=(build_id or meta.get("build_id") or "", s0, a0, a1))
     if scan.bad_rows:
         samples = [s0 + r for r in scan.bad_rows]
         raise IntegrityError(f"{path}: {len(samples)} sample row(s) fail their checksum (samples "
@@ -239,21 +248,23 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> Path:
     root = Path(root)
     manifest.validate(str(root / "manifest.json"))
     entries: list = [manifest.samples_file, *manifest.shards]
+    teacher_id = compute_teacher_id(manifest)
     for e in entries:
-        p = root / e.file
+        p = confined_path(root, e.file)
         if not p.is_file():
             raise StoreError(f"write_manifest: {p} is listed but missing; finish writing every shard first")
         if p.stat().st_size != e.bytes:
             raise StoreError(f"write_manifest: {p} has {p.stat().st_size} bytes, its entry says {e.bytes}; rewrite "
                              "the file or recompute its entry with read_shard_entry")
     for e in manifest.shards:
-        p = root / e.file
+        p = confined_path(root, e.file, "shard")
         tensors, meta, size = read_header(p)
         check_shard_metadata(p, meta, *e.samples, *e.augs)
+        check_teacher_id(p, meta, teacher_id)
         check_build_id(p, meta, manifest.build_id, "this shard belongs to another build; rerun the build to "
                        "rewrite it")
         check_tensors(p, tensors, shard_layout(manifest.fields, *e.samples, *e.augs), size)
-    digest = _samples_keys_digest(root / manifest.samples_file.file, manifest)  # type: ignore[union-attr]
+    digest = _samples_keys_digest(confined_path(root, manifest.samples_file.file), manifest)  # type: ignore
     want = compute_build_id(manifest, digest)
     if manifest.build_id != want:
         raise StoreError(f"write_manifest: the manifest's build_id {manifest.build_id!r} is not "
@@ -319,6 +330,7 @@ def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classe
                  extra=dict(extra or {}), reports=dict(reports or {}))
     m.validate("write_store", require_files=False)
     m.build_id = compute_build_id(m, digest_keys(keys))
+    teacher_id = compute_teacher_id(m)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for s0, s1, a0, a1 in plan_shards(n, a, sps, aps, record_bytes=record_bytes, max_shard_bytes=max_shard_bytes):
@@ -326,7 +338,7 @@ def write_store(root: str | os.PathLike, *, dataset: str, split: str, num_classe
         arrays["topk_ids"] = encode_topk_ids(topk_ids[s0:s1, a0:a1], num_classes)
         arrays["topk_probs"] = encode_topk_probs(topk_probs[s0:s1, a0:a1])
         m.shards.append(write_shard(root, s0, s1, a0, a1, arrays, all_fields, max_shard_bytes=max_shard_bytes,
-                                    build_id=m.build_id))
+                                    build_id=m.build_id, teacher_id=teacher_id))
     m.samples_file = write_samples(root, labels, keys, hashes, sizes, fingerprints, build_id=m.build_id)
     write_manifest(root, m)
     return m

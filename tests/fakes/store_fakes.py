@@ -110,7 +110,7 @@ def write_fake_store(root: str | Path, *, num_samples: int = 11, num_augmentatio
                      keys: Sequence[str] | None = None, hashes: np.ndarray | None = None,
                      params: dict[str, np.ndarray] | None = None, policy: dict | None = None,
                      dataset: str = "fake", split: str = "train", extra: dict | None = None,
-                     reports: dict | None = None) -> FakeStore:
+                     reports: dict | None = None, teacher: dict | None = None) -> FakeStore:
     """Write a multi-shard store of random but realistic records; returns it with its source arrays.
 
     Args:
@@ -127,6 +127,7 @@ def write_fake_store(root: str | Path, *, num_samples: int = 11, num_augmentatio
         policy: the manifest's policy config (default: a placeholder naming the fake).
         dataset, split: manifest names.
         extra, reports: the manifest's ``extra`` (in the build id) and ``reports`` (outside it).
+        teacher: the manifest's teacher description (in the build id; default names the random teacher).
     """
     rng = np.random.default_rng(seed)
     if labels is None:
@@ -141,7 +142,8 @@ def write_fake_store(root: str | Path, *, num_samples: int = 11, num_augmentatio
     ids, probs, _ = random_teacher_topk(rng, (num_samples, num_augmentations), num_classes, topk)
     m = write_store(root, dataset=dataset, split=split, num_classes=num_classes,
                     policy=policy or {"name": "fake", "fields": [f.to_json() for f in param_fields]},
-                    param_fields=param_fields, teacher={"name": "random-gaussian-logits", "seed": seed}, seed=seed,
+                    param_fields=param_fields, teacher=teacher or {"name": "random-gaussian-logits", "seed": seed},
+                    seed=seed,
                     builder_version="tests", params=params, topk_ids=ids, topk_probs=probs, labels=labels,
                     keys=list(keys), hashes=hashes, sizes=sizes, fingerprints=prints,
                     samples_per_shard=samples_per_shard, augs_per_shard=augs_per_shard, extra=extra, reports=reports)
