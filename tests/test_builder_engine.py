@@ -24,7 +24,7 @@ from imagenet_plus.builder import outdir as outdir_module
 from imagenet_plus.builder.plan import Shard
 from imagenet_plus.builder.readback import Probe, check_store
 from imagenet_plus.builder.teacher_run import ShardWork
-from imagenet_plus.errors import ArgumentError, BuildError, StoreError
+from imagenet_plus.errors import ArgumentError, BuildError, IntegrityError, StoreError
 from imagenet_plus.identity import fingerprint
 from imagenet_plus.schema import encode_topk_ids, encode_topk_probs
 from imagenet_plus.store import Manifest, open_store, plan_shards, read_shard_entry, shard_filename, verify
@@ -443,3 +443,79 @@ def test_a_shard_of_another_build_in_an_unfinished_build_is_rebuilt(reference, b
     assert m.build_id == reference["manifest"].build_id and _digests(out) == reference["digests"]
     with pytest.raises(StoreError, match="another build"):
         read_shard_entry(other, name, m.fields, build_id=m.build_id)
+
+
+# -- the teacher is part of the store's identity ------------------------------------------------------------
+
+def _write_checkpoint(path: Path, seed: int) -> str:
+    """A random-init timm ``test_resnet`` for C classes saved as safetensors at ``path``; returns its sha256."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=C)
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checkpoint_teacher(path: Path, interrupt_at: int | None = None):
+    """A real :class:`imagenet_plus.teachers.Teacher` loaded from ``path``; optionally Ctrl-C at a batch."""
+    from imagenet_plus.teachers import TeacherSpec, create_teacher
+
+    teacher = create_teacher([TeacherSpec("test_resnet", str(path))], num_classes=C, pretrained=False, input_size=S)
+    if interrupt_at is not None:
+        forward, calls = teacher.forward, []
+
+        def interrupted(x):
+            calls.append(1)
+            if len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return forward(x)
+
+        teacher.forward = interrupted
+    return teacher
+
+
+def test_resuming_with_another_checkpoint_under_the_same_name_is_refused(base, policy, tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    sha_a = _write_checkpoint(ckpt, seed=0)
+    out = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        _build(base, out, policy, _checkpoint_teacher(ckpt, interrupt_at=14), teacher_desc=None)
+    assert len(list((out / "reinforcements").iterdir())) >= 2 and not (out / "manifest.json").exists()
+    sha_b = _write_checkpoint(ckpt, seed=1)  # what examples/train.py does: the same name, other weights
+    assert sha_a != sha_b
+    before = _digests(out)
+    with pytest.raises(BuildError, match=rf"{out} holds an unfinished build made with another teacher: checkpoint "
+                                         rf"model.safetensors of test_resnet had sha256 {sha_a}, now {sha_b}; .*"
+                                         r"restore the original checkpoint to resume it, or choose another --out"):
+        _build(base, out, policy, _checkpoint_teacher(ckpt), teacher_desc=None)
+    assert _digests(out) == before  # nothing touched
+    assert _write_checkpoint(ckpt, seed=0) == sha_a  # restored: the resume goes on
+    m = _build(base, out, policy, _checkpoint_teacher(ckpt), teacher_desc=None)
+    assert m.teacher["checkpoint_sha256"] == [sha_a] and m.teacher["checkpoints"] == ["model.safetensors"]
+    verify(out, full=True)
+
+
+def test_rerunning_a_finished_build_with_another_checkpoint_is_refused(base, policy, tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    sha_a = _write_checkpoint(ckpt, seed=0)
+    out = tmp_path / "store"
+    # a teacher_desc without the weights: the engine adds the sha256 of what the teacher loaded
+    m = _build(base, out, policy, _checkpoint_teacher(ckpt), teacher_desc={"model": "test_resnet"})
+    assert m.teacher == {"model": "test_resnet", "checkpoint_sha256": [sha_a]}
+    before = _digests(out)
+    sha_b = _write_checkpoint(ckpt, seed=1)
+    stats = BuildStats()
+    with pytest.raises(BuildError, match=rf"holds a finished store made with another teacher: checkpoint "
+                                         rf".* had sha256 {sha_a}, now {sha_b}; .*restore the original checkpoint "
+                                         r"\(the store is then complete as it is\), or choose another --out"):
+        _build(base, out, policy, _checkpoint_teacher(ckpt), teacher_desc={"model": "test_resnet"}, stats=stats)
+    assert not stats.already_finished and _digests(out) == before
+    other = tmp_path / "other"
+    m_b = _build(base, other, policy, _checkpoint_teacher(ckpt), teacher_desc={"model": "test_resnet"})
+    assert m_b.build_id != m.build_id  # another teacher, another store
+    e = m.shards[3]
+    (out / e.file).write_bytes((other / e.file).read_bytes())  # a shard of the other teacher's store copied in
+    with pytest.raises(IntegrityError, match=rf"{e.file} was written with teacher .*another teacher"):
+        open_store(out).record(e.samples[0], e.augs[0])

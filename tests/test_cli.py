@@ -217,3 +217,87 @@ def test_module_entry_point(built):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["num_samples"] == 40
+
+
+def test_info_shows_the_teacher_report_agreement_and_warnings(built, tmp_path, capsys):
+    import shutil
+
+    from imagenet_plus.store import Manifest
+
+    report = Manifest.load(built["store"]).reports["teacher"]
+    assert main(["info", str(built["store"])]) == 0
+    out = capsys.readouterr().out
+    assert f"top-1 {100 * report['top1_agreement']:.1f}%" in out, out  # the agreement with the labels
+    assert f"over {report['records']:,} stored augmentations" in out and "teacher input" in out
+    for w in report["warnings"]:
+        assert w in out
+    assert "teacher weights" in out and "teacher.safetensors sha256 " in out
+    # a report with warnings (reports are outside the build id: editing them keeps the store readable)
+    copy = tmp_path / "copy"
+    shutil.copytree(built["store"], copy)
+    d = json.loads((copy / "manifest.json").read_text())
+    d["reports"]["teacher"]["warnings"] = ["the teacher's top-1 agrees with the labels on 9.0%, near chance"]
+    d["reports"]["import"] = {"warnings": ["no evidence of torchvision's order in this copy"]}
+    (copy / "manifest.json").write_text(json.dumps(d))
+    assert main(["info", str(copy)]) == 0
+    out = capsys.readouterr().out
+    import re
+
+    assert re.search(r"^WARNING +the teacher's top-1 agrees with the labels on 9.0%, near chance$", out, re.M), out
+    assert re.search(r"^WARNING +import: no evidence of torchvision's order in this copy$", out, re.M), out
+    assert main(["info", str(copy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reports"]["teacher"]["top1_agreement"] == report["top1_agreement"]
+
+
+def _build_args(out: Path, ckpt: Path) -> list[str]:
+    """The ``imagenet-plus build`` flags of the ``built`` fixture's store."""
+    return ["build", "--dataset", "digits", "--split", "test", "--out", str(out), "--teacher", TEACHER,
+            "--teacher-checkpoint", str(ckpt), "--pretrained", "false", "--num-augmentations", "3", "--topk", "3",
+            "--policy", "cifar", "--image-size", "32", "--num-workers", "0", "--device", "cpu",
+            "--samples-per-shard", "16", "--augs-per-shard", "2", "--limit-samples", "40", "--batch-size", "32",
+            "--progress", "false", "--seed", "7"]
+
+
+def test_rerunning_a_build_with_another_teacher_file_of_the_same_name_is_refused(built, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built["store"], copy)
+    assert main(_build_args(copy, built["ckpt"])) == 0
+    assert "nothing to do" in capsys.readouterr().out  # the same teacher: the store is finished
+    wrong = built["wrong"]  # also named teacher.safetensors, other weights
+    assert wrong.name == built["ckpt"].name
+    assert main(_build_args(copy, wrong)) == 1
+    out, err = capsys.readouterr()
+    old, new = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (built["ckpt"], wrong))
+    assert "nothing to do" not in out + err
+    assert f"checkpoint teacher.safetensors of {TEACHER} had sha256 {old}, now {new}" in err
+    assert "restore the original checkpoint" in err and "another --out" in err
+
+
+def test_verify_names_the_full_flag_on_the_command_line(built, capsys):
+    assert main(["verify", str(built["store"])]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "full=True" in line]
+    assert lines and all("--full" in line for line in lines), lines
+
+
+def _verify_command(store: Path) -> list[str]:
+    return [sys.executable, "-m", "imagenet_plus", "verify", str(store), "--full"]
+
+
+def test_verify_into_a_closed_pipe_exits_quietly(built):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # the reader is gone before the first write: every write fails with EPIPE
+    p = subprocess.Popen(_verify_command(built["store"]), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    # and the shell case of the report: `... | head -2`
+    r = subprocess.run(["bash", "-c", "set -o pipefail; \"$@\" | head -2", "bash", *_verify_command(built["store"])],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert len(r.stdout.splitlines()) == 2 and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert r.returncode in (0, 141)

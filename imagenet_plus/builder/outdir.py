@@ -152,7 +152,7 @@ class OutputFolder:
         diff = _differences(m.settings(), self.settings["settings"]) or ["the dataset's sample keys"]
         if "teacher" in diff:
             raise _teacher_error(self.root, "a finished store", m.teacher, self.settings["settings"].get("teacher"),
-                                 "(then there is nothing to do)")
+                                 "(the store is then complete as it is)")
         raise BuildError(f"--out {self.root} holds a finished store with other settings ({', '.join(diff)} differ); "
                          "choose another --out (the store is left as it is)")
 
