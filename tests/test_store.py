@@ -23,8 +23,8 @@ from imagenet_plus import _files
 from imagenet_plus.errors import AlignmentError, ArgumentError, FormatVersionError, IntegrityError, StoreError
 from imagenet_plus.schema import Field, decode_topk_probs, encode_topk_ids, encode_topk_probs, target_fields
 from imagenet_plus.store import (BUILD_ID_FIELDS, FORMAT_VERSION, NOT_IN_BUILD_ID, ROW_CRC_NAME,  # noqa: I001
-                                 Manifest, ReinforcementStore, compute_build_id, compute_teacher_id, digest_keys, open_store,
-                                 plan_shards, read_shard_entry, resolve_shard_shape, shard_filename, verify,
+                                 Manifest, ReinforcementStore, compute_build_id, compute_teacher_id, digest_keys,
+                                 open_store, plan_shards, read_shard_entry, resolve_shard_shape, shard_filename, verify,
                                  write_manifest, write_samples, write_shard)
 from imagenet_plus.store import write_store as write_store_
 

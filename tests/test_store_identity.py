@@ -213,7 +213,7 @@ def test_a_symlinked_samples_file_leading_outside_is_refused(fake, tmp_path):
     assert not report.ok and any("leading outside the store" in p for p in report.problems)
 
 
-def test_a_symlinked_shard_or_shard_folder_leading_outside_is_refused(fake, tmp_path):
+def test_links_leading_outside_are_refused_and_links_inside_or_into_hub_blobs_are_followed(fake, tmp_path):
     e = fake.manifest.shards[2]
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -233,8 +233,9 @@ def test_a_symlinked_shard_or_shard_folder_leading_outside_is_refused(fake, tmp_
         open_store(fake.root)
     assert not verify(fake.root, raise_on_problems=False).ok
 
-
-def test_links_inside_the_store_and_a_hub_cache_snapshot_are_read(fake, tmp_path):
+    # links that stay inside the store, and a Hub cache snapshot's links into its blobs/, are followed
+    os.unlink(fake.root / "reinforcements")
+    shutil.move(outside / "reinforcements", fake.root / "reinforcements")
     (fake.root / "data").mkdir()
     shutil.move(fake.root / "samples.safetensors", fake.root / "data" / "samples.safetensors")
     os.symlink("data/samples.safetensors", fake.root / "samples.safetensors")

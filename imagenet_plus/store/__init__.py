@@ -16,8 +16,9 @@ Every file is written through ``imagenet_plus._files.atomic_write`` (temporary
 name, fsync, sha256 on the way, rename).
 
 A build's identity (:func:`compute_build_id` of every manifest setting a reader
-relies on, the teacher's checkpoint sha256s included, and the digest of the sample keys) is stored as ``build_id`` in the
-manifest and in every file's ``__metadata__``. The reader recomputes it at open
+relies on, the teacher's checkpoint sha256s included, and the digest of the sample
+keys) is stored as ``build_id`` in the manifest and in every file's ``__metadata__``;
+every shard also carries the teacher's id (:func:`compute_teacher_id`). The reader recomputes it at open
 (an edited manifest fails), checks the samples file's sha256 at open and every
 sample row's CRC32 on first read; :func:`verify` reports what it checked and what
 it did not (``full=True`` hashes everything).
