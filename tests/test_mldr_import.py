@@ -330,3 +330,27 @@ def test_a_top_k_summing_above_one_keeps_the_teachers_distribution(world, tmp_pa
             assert y.sum() == pytest.approx(1.0, abs=1e-6) and y.max() < 0.62
             softmax = np.exp(t["probs"][j]) / np.exp(t["probs"][j]).sum()  # what ml-dr would have trained on
             assert softmax.max() < 0.25
+
+
+def test_an_imported_stores_teacher_is_its_archive(world):
+    """The teacher of an imported store is the archive: its sha256 is in the build id and every shard's teacher id."""
+    import dataclasses
+
+    from imagenet_plus.store import compute_build_id, compute_teacher_id, teacher_identity
+    from imagenet_plus.store._format import read_header
+
+    tmp, copies, out = world
+    for name in ("imagenet_plus_mixing_randaug", "food_101_rrc"):
+        fa, result = out[name]
+        m = result.manifest
+        prov = m.extra["provenance"]
+        archive = teacher_identity(m)["archive"]
+        assert archive and archive == {k: prov[k] for k in ("sha256", "content_sha256") if k in prov}
+        tid = compute_teacher_id(m)
+        for e in m.shards:
+            assert read_header(result.out / e.file)[1]["teacher_id"] == tid
+        key = next(iter(archive))
+        other = dataclasses.replace(m, extra={**m.extra, "provenance": {**prov, key: "0" * 64}})  # another archive
+        store = open_store(result.out)
+        assert compute_teacher_id(other) != tid
+        assert compute_build_id(other, store._samples_file.keys_digest()) != m.build_id
