@@ -234,3 +234,19 @@ def test_default_seeds_are_drawn_one_way(tmp_path, monkeypatch):
     assert create_transform(tmp_path / "store").seed == 12345
     assert ReinforcedDataset(adapter, tmp_path / "store", seed=3).seed == create_transform(tmp_path / "store",
                                                                                             seed=3).seed == 3
+
+
+def test_policy_says_which_records_mix_and_with_whom():
+    policy = create_policy("rrc+mix", output_size=16, mix={"prob": 0.5})
+    params = policy.sample(3, np.arange(40) % 10, np.arange(40) // 10, 30, 40, num_samples=10)
+    mixes, partner = policy.mixing(params)
+    assert mixes.dtype == bool and mixes.shape == partner.shape == (40,) and 0 < mixes.sum() < 40
+    assert np.array_equal(mixes, params["mix_kind"] != 0)
+    assert np.array_equal(partner[mixes], params["mix_partner"][mixes]) and (partner[~mixes] == 0).all()
+    one = {k: v[int(np.flatnonzero(mixes)[0])] for k, v in params.items()}
+    assert policy.mixing(one)[0].tolist() == [True]
+    unmixed = policy.without_mixing(params, mixes)
+    assert not policy.mixing(unmixed)[0].any() and policy.mixing(params)[0].sum() == mixes.sum()  # a copy
+    plain = create_policy("rrc", output_size=16)
+    p = plain.sample(0, np.arange(5), 0, 30, 40)
+    assert plain.mixing(p)[0].tolist() == [False] * 5 and plain.mixing({k: v[0] for k, v in p.items()})[0].shape == (1,)
