@@ -97,6 +97,22 @@ class ReplayTransform:
         return {"pixel_values": list(x), "soft_target": list(y)}
 
 
+class _OpenShards:
+    """Opens the store with its shards on first need (picklable: spawned DataLoader workers get a copy)."""
+
+    def __init__(self, store, spec, num_augmentations: int, hub_kwargs: Mapping[str, Any]) -> None:
+        self.store, self.spec, self.num_augmentations, self.hub_kwargs = store, spec, num_augmentations, dict(hub_kwargs)
+
+    def __call__(self):
+        if self.store is not None:
+            return self.store
+        from ..hub import resolve_reinforcements
+        from ..store import open_store
+
+        n = self.num_augmentations
+        return open_store(resolve_reinforcements(self.spec, n, **self.hub_kwargs), num_augmentations=n)
+
+
 def create_transform(reinforcements, policy=None, num_augmentations: int | None = None, seed: int | None = None,
                      densify: str = "smooth", *, p_original: float = 0.01, sampling: str = "random",
                      source: str = "auto", check: str | None = None, partners=None, revision: str | None = None,
@@ -161,13 +177,7 @@ def create_transform(reinforcements, policy=None, num_augmentations: int | None 
                           f"built with {[w[0] for w in want]} (policy {manifest.policy.get('name')!r}); pass "
                           "policy=None to replay with the store's own policy")
 
-    def open_shards():
-        if store is not None:
-            return store
-        from ..hub import resolve_reinforcements
-
-        return open_store(resolve_reinforcements(reinforcements, n, **hub_kwargs), num_augmentations=n)
-
-    rows = RowRecords(identity, source=source, check=check, partners=partners, open_store=open_shards)
+    opener = _OpenShards(store, reinforcements, n, hub_kwargs)
+    rows = RowRecords(identity, source=source, check=check, partners=partners, open_store=opener)
     chooser = Chooser(draw_seed(seed), n, p_original, sampling)
     return ReplayTransform(ReplaySource(rows, pol, chooser, densify=densify))
