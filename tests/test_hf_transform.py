@@ -231,3 +231,34 @@ def test_a_flipped_byte_in_the_parquet_is_caught(plain, tmp_path, capsys):
         create_transform(copy, seed=0).items([rows[i] for i in range(len(rows))])
     assert main(["verify", str(copy), "--full"]) == 1
     assert "parquet" in capsys.readouterr().err
+
+
+def test_verify_parquet_names_edited_rows_and_swapped_images(plain, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imagenet_plus.hf import verify_parquet
+    from imagenet_plus.store import open_store
+
+    _, folder, _ = plain
+    copy = tmp_path / "store"
+    shutil.copytree(folder, copy)
+    identity = open_store(copy, check_files=False)
+    assert verify_parquet(copy, identity)["problems"] == []
+    parquet = next((copy / "data").glob("*.parquet"))
+    table = pq.read_table(parquet)
+    probs = table.column("topk_probs").to_pylist()
+    probs[4][0][0] += 0.25  # an edited target, its checksum kept
+    images = table.column("image").to_pylist()
+    images[1], images[2] = dict(images[1], bytes=images[2]["bytes"]), dict(images[2], bytes=images[1]["bytes"])
+    table = table.set_column(table.column_names.index("topk_probs"), "topk_probs",
+                             pa.array(probs, type=table.schema.field("topk_probs").type))
+    table = table.set_column(table.column_names.index("image"), "image",
+                             pa.array(images, type=table.schema.field("image").type))
+    pq.write_table(table, parquet)
+    got = verify_parquet(copy, identity)
+    assert got["rows_checked"] == 6 and got["images_checked"] == 6
+    assert any("1 row(s) fail their checksum" in p and "samples [4]" in p for p in got["problems"]), got
+    assert any("image bytes of 2 row(s)" in p and "samples [1, 2]" in p for p in got["problems"]), got
