@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
         sets = {mode: ReinforcedDataset(adapter, tmp / "store", seed=0, p_original=0.0, check=mode)
                 for mode in ("exact", "resized")}
         sets["none"] = ReinforcedDataset(adapter, tmp / "store", seed=0, p_original=0.0)
-        sets["none"].source.checker = _NoCheck()
+        sets["none"].source.data.checker = _NoCheck()
         fns = {name: (lambda i, ds=ds: ds.__getitems__([i])) for name, ds in sets.items()}
         rates = _time_interleaved(fns, list(range(len(adapter))), args.seconds, args.rounds)
     out = {"images": args.images, "size": args.size, "items_per_s": {k: round(v, 1) for k, v in rates.items()},

@@ -38,7 +38,7 @@ from .adapters import (CIFAR100Adapter, DatasetAdapter, Flowers102Adapter, Food1
 from .augment import create_eval_transform, create_policy
 from .errors import AlignmentError, ArgumentError, ReinforcementError, StoreError
 from .identity import CHECK_MODES, IdentityChecker
-from .replay import DENSIFY_MODES, SAMPLINGS, Chooser, ReplaySource
+from .replay import DENSIFY_MODES, SAMPLINGS, Chooser, ReplaySource, StoreRecords, draw_seed
 
 __all__ = ["ReinforcedDataset", "ImageNetPlus", "CIFAR100Plus", "Flowers102Plus", "Food101Plus", "open_reinforcements"]
 
@@ -164,7 +164,7 @@ class ReinforcedDataset(Dataset):
         self.adapter = adapt(base)
         self.base = self.adapter.dataset
         self.transform, self.target_transform = transform, target_transform
-        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (1 << 63))
+        self.seed = draw_seed(seed)
         self.store = open_reinforcements(reinforcements, num_augmentations)
         self.num_augmentations = self.store.num_augmentations
         self.num_classes = self.store.num_classes
@@ -173,9 +173,9 @@ class ReinforcedDataset(Dataset):
         if hasattr(self.store, "check_manifest"):
             self.store.check_manifest()
         self.chooser = Chooser(self.seed, self.num_augmentations, p_original, sampling)
-        self.source = ReplaySource(self.adapter, self.store, self.policy, self.chooser,
-                                   IdentityChecker(self.store, check), to_store=to_store, from_store=from_store,
-                                   densify=densify)
+        records = StoreRecords(self.adapter, self.store, IdentityChecker(self.store, check), to_store=to_store,
+                               from_store=from_store)
+        self.source = ReplaySource(records, self.policy, self.chooser, densify=densify)
         self.check = check
         self._labels = np.asarray(self.store.labels if to_store is None else self.store.labels[to_store], np.int64)
 

@@ -13,9 +13,12 @@ own checks alike:
 * :func:`original_params` draws an original image's ordinary random augmentation (every
   single-image stage of the policy, never mixed), and :func:`render` / :func:`make_targets`
   turn records into pixels and dense targets.
-* :class:`ReplaySource` fetches and replays a batch of dataset items: choose, one batched
-  store read of params and targets, load each image through the dataset's adapter (identity
-  checked on every decode), crop each, finish the batch, densify the targets.
+* :class:`ReplaySource` fetches and replays a batch of items from a records source
+  (:class:`StoreRecords`: a dataset copy through its adapter and the store; the ``datasets``
+  transform's :class:`imagenet_plus.hf.rows.RowRecords`: exported Parquet rows): choose, one
+  batched read of params and targets, load each image (identity checked on every decode), the
+  partners where :meth:`Policy.mixing` says a record mixes, crop each, finish the batch, densify.
+  :func:`draw_seed` is the default seed of every path.
 
 :class:`DeviceReplay` finishes a collated batch of device-path items on a GPU.
 
@@ -36,8 +39,8 @@ from . import _rng
 from ._checks import check_choice, check_int, check_probability
 from .errors import PolicyError
 
-__all__ = ["SAMPLINGS", "DENSIFY_MODES", "SharedEpoch", "Chooser", "original_params", "render", "make_targets",
-           "ReplaySource", "DeviceReplay"]
+__all__ = ["SAMPLINGS", "DENSIFY_MODES", "SharedEpoch", "Chooser", "draw_seed", "original_params", "render",
+           "make_targets", "Plan", "StoreRecords", "ReplaySource", "DeviceReplay"]
 
 #: Values of ``sampling=`` and ``densify=``.
 SAMPLINGS = ("random", "cycle")
@@ -125,12 +128,6 @@ def _row(params: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(v)[b] for k, v in params.items()}
 
 
-def _mixes(policy, params: Mapping[str, np.ndarray]) -> np.ndarray:
-    if not policy.uses_mix:
-        return np.zeros(len(next(iter(params.values()))), dtype=bool)
-    return np.asarray(params["mix_kind"]).reshape(-1) != 0
-
-
 def render(policy, images: Sequence, params: Mapping[str, np.ndarray], partners: Sequence | None = None,
            partner_params: Mapping[str, np.ndarray] | None = None, *, normalized: bool = True) -> torch.Tensor:
     """Replay a batch of records on the CPU: crop each image, then finish the batch.
@@ -152,7 +149,7 @@ def render(policy, images: Sequence, params: Mapping[str, np.ndarray], partners:
     policy.check_params(params, what="replay params")
     crops = torch.stack([policy.crop(img, _row(params, b)) for b, img in enumerate(images)])
     finish = policy.finish_normalized if normalized else policy.finish
-    mixes = _mixes(policy, params)
+    mixes, _ = policy.mixing(params)
     if not mixes.any():
         return finish(crops, params)
     policy.check_params(partner_params, what="replay partner params")
@@ -187,50 +184,62 @@ def make_targets(ids, probs, original, labels, num_classes: int, densify: str = 
     return dense
 
 
-class Plan(NamedTuple):
-    """What a batch of dataset items uses."""
+def draw_seed(seed: int | None = None) -> int:
+    """``seed`` checked, or (``None``) a fresh seed drawn once from the OS: the one default of every replay path."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (1 << 63))
+    return check_int(seed, "seed", low=0)
 
-    index: np.ndarray  # dataset indices [B]
+
+class Plan(NamedTuple):
+    """What a batch of items uses."""
+
+    index: np.ndarray  # the source's own item indices [B] (dataset indices; store indices for rows)
     store_index: np.ndarray  # store sample indices [B]
     original: np.ndarray  # bool [B]
     aug: np.ndarray  # augmentation index j [B] (meaningless where original)
     epoch: int
 
+    @property
+    def read_aug(self) -> np.ndarray:
+        """The augmentation index to read: ``aug``, 0 for originals (their stored row is only a placeholder)."""
+        return np.where(self.original, 0, self.aug)
 
-class ReplaySource:
-    """Fetch and replay dataset items: the one implementation behind every replay path.
+
+class StoreRecords:
+    """The records source of a dataset copy: images through the dataset's adapter, records from the store.
+
+    Every record source answers the same four questions for :class:`ReplaySource` (the other
+    one is :class:`imagenet_plus.hf.rows.RowRecords`, over exported Parquet rows):
+
+    * ``locate(items) -> (index [B], store_index [B])``: where a batch of items sits;
+    * ``samples(items, plan) -> [B]`` decoded samples (``.image``, ``.label``), identity checked;
+    * ``records(items, plan) -> (params {field: [B, ...]}, ids [B, K], probs [B, K])`` of records
+      ``(plan.store_index, plan.aug)``, checksums checked;
+    * ``partners(p, aug, params) -> (images [M], params or None)``: the partner samples ``p`` and
+      (``params=True``) their records ``(p, aug)``.
 
     Args:
         adapter: the dataset's :class:`~imagenet_plus.adapters.DatasetAdapter`.
         store: the opened store.
-        policy: the store's policy.
-        chooser: the :class:`Chooser`.
         checker: the :class:`~imagenet_plus.identity.IdentityChecker` (every decode is checked).
         to_store: dataset index -> store index (``None``: identical orders).
         from_store: store index -> dataset index (``None``: identical orders).
-        densify: ``"smooth"`` or ``"none"``.
     """
 
-    def __init__(self, adapter, store, policy, chooser: Chooser, checker, *, to_store: np.ndarray | None = None,
-                 from_store: np.ndarray | None = None, densify: str = "smooth") -> None:
-        self.adapter, self.store, self.policy, self.chooser, self.checker = adapter, store, policy, chooser, checker
+    def __init__(self, adapter, store, checker, *, to_store: np.ndarray | None = None,
+                 from_store: np.ndarray | None = None) -> None:
+        self.adapter, self.store, self.checker = adapter, store, checker
         self.to_store, self.from_store = to_store, from_store
-        self.densify = check_choice(densify, "densify", DENSIFY_MODES)
-        self.num_classes = store.num_classes
+        self.num_samples, self.num_classes = len(store), store.num_classes
 
-    # -- which records ---------------------------------------------------------------------------------
-    def plan(self, indices, epoch: int | None = None) -> Plan:
-        """Choose the records of dataset items ``indices`` in ``epoch`` (default the current one)."""
-        d = np.asarray(indices, dtype=np.int64).reshape(-1)
-        s = d if self.to_store is None else self.to_store[d]
-        e = self.chooser.epoch.get() if epoch is None else int(epoch)
-        original, j = self.chooser.choose(s, e)
-        return Plan(d, s, original, j, e)
+    def locate(self, items) -> tuple[np.ndarray, np.ndarray]:
+        d = np.asarray(items, dtype=np.int64).reshape(-1)
+        return d, (d if self.to_store is None else self.to_store[d])
 
     def dataset_index(self, store_index: int) -> int:
         return int(store_index) if self.from_store is None else int(self.from_store[store_index])
 
-    # -- fetching --------------------------------------------------------------------------------------
     def load(self, d: int, s: int | None = None):
         """Decode dataset item ``d`` through the adapter and check its identity against store sample ``s``."""
         s = int(d if self.to_store is None else self.to_store[d]) if s is None else int(s)
@@ -238,53 +247,115 @@ class ReplaySource:
         self.checker.check(s, sample.image, sample.digest, lambda: f"{self.adapter.describe(int(d))} of {self.store.root}")
         return sample
 
-    def records(self, plan: Plan, images: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    def samples(self, items, plan: Plan) -> list:
+        return [self.load(int(d), int(s)) for d, s in zip(plan.index, plan.store_index)]
+
+    def records(self, items, plan: Plan):
+        return self.store.records_batch(plan.store_index, plan.read_aug)
+
+    def partners(self, p: np.ndarray, aug: np.ndarray, params: bool) -> tuple[list, dict | None]:
+        images = [self.load(self.dataset_index(s), s).image for s in p]
+        return images, (self.store.params_batch(p, aug) if params else None)
+
+
+class ReplaySource:
+    """Fetch and replay items from a records source: the one implementation behind every replay path.
+
+    Choose (the :class:`Chooser`), read the records (one batched read), decode each image with its
+    identity checked, fill in the originals' fresh params, find the partners where records mix
+    (:meth:`Policy.mixing`: record ``(p, j)``, or the partner's params stored inline for the ml-dr
+    flavour), render, densify.
+
+    Args:
+        data: the records source: :class:`StoreRecords` (a dataset copy and its store) or
+            :class:`imagenet_plus.hf.rows.RowRecords` (exported Parquet rows).
+        policy: the store's policy.
+        chooser: the :class:`Chooser`.
+        densify: ``"smooth"`` or ``"none"``.
+    """
+
+    def __init__(self, data, policy, chooser: Chooser, *, densify: str = "smooth") -> None:
+        self.data, self.policy, self.chooser = data, policy, chooser
+        self.densify = check_choice(densify, "densify", DENSIFY_MODES)
+        self.num_classes = data.num_classes
+
+    @property
+    def store(self):
+        """The store of a :class:`StoreRecords` source."""
+        return self.data.store
+
+    @property
+    def to_store(self) -> np.ndarray | None:
+        """Dataset index -> store index of a :class:`StoreRecords` source (``None``: identical orders)."""
+        return self.data.to_store
+
+    # -- which records ---------------------------------------------------------------------------------
+    def plan(self, items, epoch: int | None = None, aug=None) -> Plan:
+        """Choose the records of ``items`` in ``epoch`` (default the current one); ``aug``: records ``(i, aug)``."""
+        index, s = self.data.locate(items)
+        if aug is not None:  # exact records: no choice, never an original
+            return Plan(index, s, np.zeros(len(s), bool), np.broadcast_to(np.asarray(aug, np.int64), s.shape), 0)
+        e = self.chooser.epoch.get() if epoch is None else int(epoch)
+        original, j = self.chooser.choose(s, e)
+        return Plan(index, s, original, j, e)
+
+    # -- fetching --------------------------------------------------------------------------------------
+    def _records(self, items, plan: Plan, samples: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Params and top-k targets of a plan's items (originals: fresh params, one-hot placeholders)."""
-        k = self.store.topk
-        j = np.where(plan.original, 0, plan.aug)
-        params, ids, probs = self.store.records_batch(plan.store_index, j)
+        params, ids, probs = self.data.records(items, plan)
         if plan.original.any():
             o = np.flatnonzero(plan.original)
             fresh = original_params(self.policy, self.chooser.seed, plan.store_index[o], plan.epoch,
-                                    [images[b].height for b in o], [images[b].width for b in o], len(self.store))
-            for name, v in fresh.items():
+                                    [samples[b].image.height for b in o], [samples[b].image.width for b in o],
+                                    self.data.num_samples)
+            for name, v in fresh.items():  # every field, the mixing ones saying "no mix"
                 params[name][o] = v.astype(params[name].dtype)
-            ids[o], probs[o] = np.arange(k), 0.0  # replaced by one-hot labels in make_targets
+            ids[o], probs[o] = np.arange(ids.shape[1]), 0.0  # replaced by one-hot labels in make_targets
         return params, ids, probs
 
-    def partners(self, plan: Plan, params: Mapping[str, np.ndarray]) -> tuple[list, dict | None]:
-        """Partner images and their own params (record ``(p, j)``, or the record's ``partner_*``) where records mix."""
-        mixes = _mixes(self.policy, params) & ~plan.original
+    def _partners(self, plan: Plan, params: Mapping[str, np.ndarray]) -> tuple[list, dict | None]:
+        """Partner images and their own params where records mix (``None`` elsewhere)."""
+        if not self.policy.uses_mix:
+            return [None] * len(plan.index), None
+        mixes, p = self.policy.mixing(params)
+        mixes &= ~plan.original
         if not mixes.any():
             return [None] * len(plan.index), None
-        p = np.asarray(params["mix_partner"], dtype=np.int64).reshape(-1)
-        pparams = self.policy.partner_params(params)  # the ml-dr flavour: carried by the record itself
-        if pparams is None:
-            pparams = self.store.params_batch(np.where(mixes, p, 0), np.where(mixes, plan.aug, 0))
-        images = [self.load(self.dataset_index(p[b]), p[b]).image if m else None for b, m in enumerate(mixes)]
-        return images, pparams
+        inline = self.policy.partner_params(params)  # the ml-dr flavour: carried by the record itself
+        m = np.flatnonzero(mixes)
+        found, pparams = self.data.partners(p[m], plan.aug[m], inline is None)
+        if inline is None:
+            inline = {k: np.zeros((len(mixes), *v.shape[1:]), dtype=v.dtype) for k, v in pparams.items()}
+            for k, v in pparams.items():
+                inline[k][m] = v
+        images: list = [None] * len(mixes)
+        for b, image in zip(m, found):
+            images[b] = image
+        return images, inline
 
-    # -- items -----------------------------------------------------------------------------------------
-    def fetch(self, indices, epoch: int | None = None):
+    def fetch(self, items, epoch: int | None = None, aug=None):
         """Everything a batch of items needs: ``(plan, samples, params, ids, probs, partner images, partner params)``."""
-        plan = self.plan(indices, epoch)
-        samples = [self.load(int(d), int(s)) for d, s in zip(plan.index, plan.store_index)]
-        params, ids, probs = self.records(plan, [x.image for x in samples])
-        if self.policy.uses_mix:
-            params["mix_kind"][plan.original] = 0
-        pimages, pparams = self.partners(plan, params)
+        plan = self.plan(items, epoch, aug)
+        samples = self.data.samples(items, plan)
+        params, ids, probs = self._records(items, plan, samples)
+        pimages, pparams = self._partners(plan, params)
         return plan, samples, params, ids, probs, pimages, pparams
 
-    def items(self, indices, epoch: int | None = None, *, normalized: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replayed images ``[B, 3, S, S]`` (normalised float32, or uint8) and dense targets ``[B, C]``."""
-        plan, samples, params, ids, probs, pimages, pparams = self.fetch(indices, epoch)
+    # -- items -----------------------------------------------------------------------------------------
+    def items(self, items, epoch: int | None = None, *, normalized: bool = True, aug=None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replayed images ``[B, 3, S, S]`` (normalised float32, or uint8) and dense targets ``[B, C]``.
+
+        ``aug``: replay the stored records ``(i, aug)`` exactly instead of choosing (no originals).
+        """
+        plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch, aug)
         x = render(self.policy, [s.image for s in samples], params, pimages, pparams, normalized=normalized)
         targets = make_targets(ids, probs, plan.original, [s.label for s in samples], self.num_classes, self.densify)
         return x, targets
 
-    def device_items(self, indices, epoch: int | None = None) -> list[dict[str, Any]]:
-        """Device-path items (crops, params, sparse targets) of dataset items ``indices`` for :class:`DeviceReplay`."""
-        plan, samples, params, ids, probs, pimages, pparams = self.fetch(indices, epoch)
+    def device_items(self, items, epoch: int | None = None) -> list[dict[str, Any]]:
+        """Device-path items (crops, params, sparse targets) of ``items`` for :class:`DeviceReplay`."""
+        plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch)
         s = self.policy.output_size
         out = []
         for b, sample in enumerate(samples):
@@ -304,13 +375,10 @@ class ReplaySource:
         return out
 
     def replay_record(self, store_index: int, aug: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Replay stored record ``(i, j)`` exactly (no choice): uint8 ``[3, S, S]``, top-k ids and probs."""
-        i = int(store_index)
-        plan = Plan(np.array([self.dataset_index(i)]), np.array([i]), np.array([False]), np.array([int(aug)]), 0)
-        sample = self.load(int(plan.index[0]), i)
-        params, ids, probs = self.records(plan, [sample.image])
-        pimages, pparams = self.partners(plan, params)
-        return render(self.policy, [sample.image], params, pimages, pparams, normalized=False)[0], ids[0], probs[0]
+        """Replay stored record ``(i, j)`` of a :class:`StoreRecords` source exactly: uint8 ``[3, S, S]``, ids, probs."""
+        plan, samples, params, ids, probs, pimages, pparams = self.fetch([self.data.dataset_index(store_index)],
+                                                                         aug=[int(aug)])
+        return render(self.policy, [samples[0].image], params, pimages, pparams, normalized=False)[0], ids[0], probs[0]
 
 
 class DeviceReplay:
@@ -355,17 +423,14 @@ class DeviceReplay:
         return (f"DeviceReplay(policy={self.policy.name!r}, num_classes={self.num_classes}, "
                 f"densify={self.densify!r}, device={str(self.device)!r})")
 
-    def _params(self, params: Mapping[str, Any], keep: np.ndarray) -> dict[str, np.ndarray]:
+    def _params(self, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
         out = {}
         for f in self.policy.fields:
             if f.name not in params:
                 raise PolicyError(f"DeviceReplay: batch params lack field {f.name!r}; expected "
                                   f"{[x.name for x in self.policy.fields]} (does the store's policy match?)")
             v = params[f.name]
-            v = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-            if f.name == "mix_kind":  # originals are never mixed (their target is one-hot)
-                v = np.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0)
-            out[f.name] = v
+            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
         return out
 
     def __call__(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,16 +443,16 @@ class DeviceReplay:
         B = images.shape[0]
         is_orig = batch.get("is_original")
         is_orig = np.zeros(B, bool) if is_orig is None else np.asarray(torch.as_tensor(is_orig).cpu(), bool).reshape(B)
-        params = self._params(batch["params"], ~is_orig)
+        params = self.policy.without_mixing(self._params(batch["params"]), is_orig)  # originals never mix
         partners = partner_params = None
         if self.policy.uses_mix:
             if "partner" not in batch or "partner_params" not in batch:
                 raise PolicyError("DeviceReplay: mixing policy needs 'partner' and 'partner_params' in the batch")
             partners = batch["partner"].to(self.device, non_blocking=self.non_blocking)
-            partner_params = self._params(batch["partner_params"], ~is_orig)
-            if len(params["mix_partner"]) != B:
-                raise PolicyError(f"DeviceReplay: params hold {len(params['mix_partner'])} records but the batch has "
-                                  f"{B} images")
+            partner_params = self._params(batch["partner_params"])
+            mixes, _ = self.policy.mixing(params)
+            if len(mixes) != B:
+                raise PolicyError(f"DeviceReplay: params hold {len(mixes)} records but the batch has {B} images")
         self.policy.check_params(params, what="DeviceReplay params")
         x = self.policy.finish_normalized(images, params, partners, partner_params)
         if is_orig.any() and "label" not in batch:

@@ -6,6 +6,7 @@ teacher, exported with images, is shared by the module.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_export_files_and_schema(built):
     assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
     assert b"huggingface" in pf.schema_arrow.metadata
     assert pf.schema_arrow.names == ["index", "key", "label", "image", "crop", "ops", "erase", "topk_ids",
-                                     "topk_probs"]
+                                     "topk_probs", "checksum"]
     store = open_store(folder)
     assert check_parquet(folder, store.manifest) == ["data/train-00000-of-00002.parquet",
                                                      "data/train-00001-of-00002.parquet"]
@@ -110,8 +111,10 @@ def test_load_dataset_types_and_values(built):
             ids, probs = store.targets(i, j)
             np.testing.assert_array_equal(row["topk_ids"][j], ids)
             np.testing.assert_array_equal(row["topk_probs"][j], probs)
-    image = ds[3]["image"]
-    assert isinstance(image, Image.Image)
+    cell = ds[3]["image"]  # left undecoded: the transform decodes and checks the bytes itself
+    assert set(cell) == {"bytes", "path"} and cell["path"] is None  # a PNG of the CIFAR array
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB")), base.data[3])
+    image = ds.cast_column("image", datasets.Image())[3]["image"]  # decoded on request
     np.testing.assert_array_equal(np.asarray(image.convert("RGB")), base.data[3])
 
 
@@ -284,7 +287,7 @@ def test_imagenet_card_and_no_images(tmp_path):
     assert "image" not in ds.features and len(ds) == 6
     assert ds.features["topk_ids"] == datasets.List(datasets.List(datasets.Value("int16"), length=5), length=4)
     np.testing.assert_array_equal(np.asarray(ds[5]["erase"]), fake.params["erase"][5])
-    with pytest.raises(StoreError, match="has no 'image'.*ImageNet\\+ rows carry no pixels"):
+    with pytest.raises(StoreError, match="has no 'image'.*imagenet rows carry no pixels"):
         create_transform(fake.root, policy=None, source="row").replay(ds[0], 0)
     # exporting again needs overwrite
     with pytest.raises(ReinforcementError, match="overwrite"):
@@ -439,7 +442,8 @@ def test_export_cli_digits_demo(tmp_path, capsys):
     item = ds.with_transform(create_transform(store_dir, seed=0))[3]
     assert item["pixel_values"].shape == (3, 16, 16) and item["soft_target"].shape == (10,)
     # the image column holds the decoded digits at the store's recorded size (16 px)
-    assert np.array_equal(np.asarray(ds[3]["image"].convert("RGB")), np.asarray(base[3][0]))
+    decoded = Image.open(io.BytesIO(ds[3]["image"]["bytes"])).convert("RGB")
+    assert np.array_equal(np.asarray(decoded), np.asarray(base[3][0]))
     card = (store_dir / "README.md").read_text()
     assert "self-contained" in card and "(with images)" in card
 

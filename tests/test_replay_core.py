@@ -191,3 +191,62 @@ def test_cuda_without_cuda_fails_at_construction(built):
     adapter, root, *_ = built
     with pytest.raises(ArgumentError, match="CUDA is not available"):
         ReinforcedDataset(adapter, root, device="cuda")
+
+
+def test_one_replay_core_no_copies_of_its_logic():
+    """Record choice, originals' params, partners and mixing's fields live in the replay core and the policy only:
+    the `datasets` transform is a thin layer, and no module outside augment/ reads mixing's stored fields."""
+    import re
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "imagenet_plus"
+    transform = (pkg / "hf" / "transform.py").read_text()
+    for name in ("original_params", "records_batch", "params_batch", "partner_params", "render(", "make_targets",
+                 "mix_", ".choose(s"):
+        assert name not in transform, name
+    readers = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg).as_posix()
+        if rel.startswith("augment/") or rel == "mldr/_convert.py":  # the converter writes ml-dr's fields, all of them
+            continue
+        if re.search(r"mix_kind|mix_partner", path.read_text()):
+            readers.append(rel)
+    assert readers == []
+
+
+def test_default_seeds_are_drawn_one_way(tmp_path, monkeypatch):
+    import imagenet_plus.datasets as ds_module
+    import imagenet_plus.hf.transform as tf_module
+    from imagenet_plus.hf import create_transform
+    from imagenet_plus.replay import draw_seed
+
+    assert draw_seed(5) == 5
+    drawn = {draw_seed() for _ in range(4)}
+    assert len(drawn) == 4 and all(0 <= s < 1 << 63 for s in drawn)
+    with pytest.raises(ArgumentError, match="seed"):
+        draw_seed(-1)
+    make_food101(tmp_path / "food", 3, 1, 1)
+    adapter = create_adapter("food101", tmp_path / "food", "train")
+    write_replay_store(tmp_path / "store", adapter, create_policy("rrc", output_size=16), num_augmentations=2)
+    for module in (ds_module, tf_module):  # both paths draw through the one helper
+        monkeypatch.setattr(module, "draw_seed", lambda seed=None: 12345 if seed is None else seed)
+    assert ReinforcedDataset(adapter, tmp_path / "store").seed == 12345
+    assert create_transform(tmp_path / "store").seed == 12345
+    assert ReinforcedDataset(adapter, tmp_path / "store", seed=3).seed == create_transform(tmp_path / "store",
+                                                                                            seed=3).seed == 3
+
+
+def test_policy_says_which_records_mix_and_with_whom():
+    policy = create_policy("rrc+mix", output_size=16, mix={"prob": 0.5})
+    params = policy.sample(3, np.arange(40) % 10, np.arange(40) // 10, 30, 40, num_samples=10)
+    mixes, partner = policy.mixing(params)
+    assert mixes.dtype == bool and mixes.shape == partner.shape == (40,) and 0 < mixes.sum() < 40
+    assert np.array_equal(mixes, params["mix_kind"] != 0)
+    assert np.array_equal(partner[mixes], params["mix_partner"][mixes]) and (partner[~mixes] == 0).all()
+    one = {k: v[int(np.flatnonzero(mixes)[0])] for k, v in params.items()}
+    assert policy.mixing(one)[0].tolist() == [True]
+    unmixed = policy.without_mixing(params, mixes)
+    assert not policy.mixing(unmixed)[0].any() and policy.mixing(params)[0].sum() == mixes.sum()  # a copy
+    plain = create_policy("rrc", output_size=16)
+    p = plain.sample(0, np.arange(5), 0, 30, 40)
+    assert plain.mixing(p)[0].tolist() == [False] * 5 and plain.mixing({k: v[0] for k, v in p.items()})[0].shape == (1,)

@@ -299,6 +299,31 @@ class Policy:
         """
         return None if self._mixing is None else self._mixing.partner_params(params)
 
+    def mixing(self, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Which records mix, and with whom: ``(mixes bool[B], partner sample index int64[B])``.
+
+        ``params`` are one record or a batch ``[B, ...]``. The partner of a mixing record ``(i, j)`` is
+        sample ``p`` (its pixels: record ``(p, j)``, or the params :meth:`partner_params` finds in the
+        record); ``p`` is 0 where a record does not mix. A policy without mixing: nothing mixes.
+        Every path outside :mod:`imagenet_plus.augment` asks this instead of reading mixing's fields.
+        """
+        if self._mixing is None:
+            first = self.fields[0]
+            v = host(params[first.name])
+            n = v.shape[0] if v.ndim > len(first.shape) else 1
+            return np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+        mixes = host(params["mix_kind"]).reshape(-1) != 0
+        partner = host(params["mix_partner"]).reshape(-1).astype(np.int64)
+        return mixes, np.where(mixes, partner, 0)
+
+    def without_mixing(self, params: Mapping[str, Any], rows) -> dict[str, np.ndarray]:
+        """``params`` (a batch, host arrays) with records ``rows`` (a bool mask ``[B]``) made not to mix (originals)."""
+        out = {k: host(v) for k, v in params.items()}
+        if self._mixing is not None:
+            kind = out["mix_kind"]
+            out["mix_kind"] = np.where(np.asarray(rows, dtype=bool).reshape((-1,) + (1,) * (kind.ndim - 1)), 0, kind)
+        return out
+
     def _one(self, image, params: Mapping[str, Any], partner_image, partner_params, what: str
              ) -> tuple[torch.Tensor, Batch]:
         """One record cropped (with its partner's crop where it mixes), ready for the finishing stages."""

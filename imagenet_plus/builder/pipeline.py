@@ -56,6 +56,7 @@ class AugPart:
     partner_params: dict[str, np.ndarray] | None
     images: torch.Tensor  # uint8 [n, 3, S, S]: final pixels ("apply") or crops ("crop")
     partners: torch.Tensor | None  # the partners' crops ("crop" with mixing)
+    mixes_with: np.ndarray | None = None  # mixing policies: each record's partner sample, -1 where it does not mix
 
 
 @dataclass
@@ -127,10 +128,10 @@ class SampleJobs(Dataset):
         n = a1 - a0
         j = np.arange(a0, a1, dtype=np.int64)
         params = self._sample(np.full(n, i, dtype=np.int64), j, [image] * n)
-        pparams, partners = None, [None] * n
+        pparams, partners, mixes_with = None, [None] * n, None
         if self.policy.uses_mix:  # partner p of record (i, j) is replayed as record (p, j) with its own params
-            pidx = np.asarray(params["mix_partner"]).reshape(n).astype(np.int64)
-            mixes = np.asarray(params["mix_kind"]).reshape(n) != 0
+            mixes, pidx = self.policy.mixing(params)
+            mixes_with = np.where(mixes, pidx, -1)
             partners = [self._partner(int(p)) if m else None for p, m in zip(pidx, mixes)]
             pparams = self._sample(pidx, j, [im if im is not None else image for im in partners])
         s = int(self.policy.output_size)
@@ -150,7 +151,7 @@ class SampleJobs(Dataset):
                 images[r] = self.policy.crop(image, one)
                 if pimages is not None and partners[r] is not None:
                     pimages[r] = self.policy.crop(partners[r], pone)
-        return AugPart(params, pparams, images, pimages)
+        return AugPart(params, pparams, images, pimages, mixes_with)
 
 
 @dataclass

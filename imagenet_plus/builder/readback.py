@@ -104,8 +104,9 @@ def check_written_shard(root: Path, work, probe: Probe, adapter, policy, num_cla
                              f"the file than the teacher gave; {_BUG}")
     image = adapter.load(probe.index).image
     partner = pparams = None
-    if policy.uses_mix and int(stored["mix_kind"].reshape(-1)[0]) != 0:
-        partner = [adapter.load(int(stored["mix_partner"].reshape(-1)[0])).image]
+    mixes, p = policy.mixing(stored)
+    if mixes[0]:
+        partner = [adapter.load(int(p[0])).image]
         pparams = _row(work.partner_params, r)  # the partner's own record may be in a shard not written yet
     probe.compare(render(policy, [image], stored, partner, pparams, normalized=False)[0],
                   "read back from its shard and replayed")
@@ -114,12 +115,12 @@ def check_written_shard(root: Path, work, probe: Probe, adapter, policy, num_cla
 def check_store(root: Path, adapter, policy, probes: list[Probe]) -> None:
     """Check 2 (see the module docstring): replay every probe through the store reader and the replay core."""
     from ..identity import IdentityChecker
-    from ..replay import Chooser, ReplaySource
+    from ..replay import Chooser, ReplaySource, StoreRecords
     from ..store import open_store
 
     store = open_store(root)
-    source = ReplaySource(adapter, store, policy, Chooser(0, store.num_augmentations, p_original=0.0),
-                          IdentityChecker(store, "exact"))
+    source = ReplaySource(StoreRecords(adapter, store, IdentityChecker(store, "exact")), policy,
+                          Chooser(0, store.num_augmentations, p_original=0.0))
     for probe in probes:
         pixels, _, _ = source.replay_record(probe.index, probe.aug)
         probe.compare(pixels, "replayed from the finished store as training does")

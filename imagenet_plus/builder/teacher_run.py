@@ -76,10 +76,9 @@ class ShardWork:
                                                    dtype=np.asarray(v).dtype) for k, v in part.partner_params.items()}
             for name, arr in self.partner_params.items():
                 arr[rows] = np.asarray(part.partner_params[name])
-        if "mix_kind" in self.params:
-            mixes = self.params["mix_kind"][rows].reshape(na) != 0
-            partners = self.params["mix_partner"][rows].reshape(na).astype(np.int64)
-            self.partner_labels[rows] = np.where(mixes, dataset_labels[partners], -1)
+        if part.mixes_with is not None:
+            partners = np.asarray(part.mixes_with, dtype=np.int64).reshape(na)
+            self.partner_labels[rows] = np.where(partners >= 0, dataset_labels[np.maximum(partners, 0)], -1)
         self.pending.extend(part.images.unbind(0))
         if part.partners is not None:
             self.pending_partners.extend(part.partners.unbind(0))

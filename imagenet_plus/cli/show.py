@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     ds = open_replay(args, store)
     classes = ds.adapter.classes
     num = min(args.num, store.num_augmentations)
-    original = ds.source.load(ds.source.dataset_index(args.index), args.index).image
+    original = ds.source.data.load(ds.source.data.dataset_index(args.index), args.index).image
     label = int(store.labels[args.index])
     cols = min(num + 1, args.cols)
     rows = -(-(num + 1) // cols)

@@ -83,6 +83,29 @@ def _print_store_report(path: Path, report) -> None:
         print(f"  problem: {line}")
 
 
+def _check_export(path: Path, report, full: bool) -> None:
+    """The folder's Parquet export, if it has one (``data/*.parquet``): every page and row with ``--full``."""
+    from ..hf.export import has_parquet
+
+    if not has_parquet(path):
+        return
+    if not full:
+        report.not_checked.append("the Parquet export in data/ (pages, row checksums, image bytes): run with --full")
+        return
+    from ..hf import verify_parquet
+    from ..store import open_store
+
+    try:
+        got = verify_parquet(path, open_store(path, check_files=False))
+    except ReinforcementError as e:
+        report.problems.append(str(e))
+        return
+    report.checked.append(f"the Parquet export: {len(got['files'])} file(s) read with page checksums, "
+                          f"{got['rows_checked']} row checksum(s) against the build id, {got['images_checked']} "
+                          "row image(s) against the samples file (sha256)")
+    report.problems.extend(got["problems"])
+
+
 def run(args: argparse.Namespace) -> int:
     from ..scan import scan_copy
     from ..store import open_store, verify
@@ -90,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher_checkpoint and not args.teacher:
         raise UsageError("--teacher-checkpoint needs --teacher (the model name of the checkpoint)")
     path = resolve_store(args.store)
-    report = verify(path, full=args.full)
+    report = verify(path, full=args.full, raise_on_problems=False)
+    _check_export(path, report, args.full)
+    report.raise_for_problems()
     out: dict[str, Any] = {"store": str(path), "full": bool(args.full),
                            "report": report.to_json() if hasattr(report, "to_json") else str(report)}
     ok = bool(getattr(report, "ok", True))

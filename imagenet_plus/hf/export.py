@@ -9,14 +9,21 @@ column          content
 ``index``       int64, the sample's position in the base dataset's order
 ``key``         string, the sample's key (relative path or ``"{split}/{i}"``)
 ``label``       ``ClassLabel`` (int64), the label recorded at build time
-``image``       ``Image`` (optional): original file bytes, or PNG for array
-                datasets; only where the dataset's adapter allows it (never
-                ImageNet, whose licence forbids it)
+``image``       ``Image(decode=False)`` (optional): ``{"bytes", "path"}``, the
+                original file's bytes (``path``: its key), or a PNG of the
+                decoded array for array datasets (``path`` ``None``); only where
+                the dataset's adapter allows it (never ImageNet, whose licence
+                forbids it). Left undecoded so that the transform decodes the
+                bytes itself, as the store path does, and checks their sha256
+                (cast it to ``datasets.Image()`` to look at the pictures)
 one per param   ``List(List(..., length=s), length=A)``: the field's stored
 field           values for every augmentation ``j < A`` (``A`` fixed lists)
 ``topk_ids``    int16/int32 ``[A, K]``: decoded teacher top-k class ids
 ``topk_probs``  float32 ``[A, K]``: decoded top-k probabilities (descending,
                 summing to ``1 - tail``)
+``checksum``    string: :func:`row_checksum` of the row's records under the
+                store's build id and the sample index (checked by the transform
+                on a row's first use and by ``imagenet-plus verify --full``)
 ==============  ==============================================================
 
 The ``datasets`` features are embedded in the Parquet schema metadata (the
@@ -27,6 +34,7 @@ rows into ``{"pixel_values", "soft_target"}`` through the package's replay core.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -41,9 +49,11 @@ from .._checks import check_int
 from .._files import atomic_file
 from ..errors import AlignmentError, ArgumentError, ReinforcementError, StoreError
 
-__all__ = ["images_forbidden", "parquet_features", "parquet_filename", "export_parquet", "check_parquet"]
+__all__ = ["images_forbidden", "parquet_features", "parquet_filename", "row_checksum", "export_parquet",
+           "check_parquet", "verify_parquet", "has_parquet"]
 #: Column names the export uses itself; a param field may not take one of them.
-_RESERVED = ("index", "key", "label", "image", "topk_ids", "topk_probs")
+_RESERVED = ("index", "key", "label", "image", "topk_ids", "topk_probs", "checksum")
+_CHECKSUM_TAG = b"imagenet-plus parquet row v1\0"
 _DATA_DIR = "data"
 _NAME_RE = re.compile(r"^(?P<split>[\w.-]+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.parquet$")
 #: Target uncompressed size of a row group and of a file (estimates from the column widths).
@@ -106,7 +116,7 @@ def parquet_features(manifest, *, image: bool, class_names: Sequence[str] | None
         else ClassLabel(num_classes=manifest.num_classes)
     cols: dict[str, Any] = {"index": Value("int64"), "key": Value("string"), "label": label}
     if image:
-        cols["image"] = Image()
+        cols["image"] = Image(decode=False)
     for f in manifest.param_fields:
         if f.name in _RESERVED:
             raise StoreError(f"param field {f.name!r} clashes with the fixed Parquet column of that name; "
@@ -114,7 +124,22 @@ def parquet_features(manifest, *, image: bool, class_names: Sequence[str] | None
         cols[f.name] = _nested(Value(_value_dtype(f.dtype)), (a, *f.shape))
     cols["topk_ids"] = _nested(Value(_ids_dtype(manifest.num_classes)), (a, k))
     cols["topk_probs"] = _nested(Value("float32"), (a, k))
+    cols["checksum"] = Value("string")
     return Features(cols)
+
+
+def row_checksum(build_id: str, index: int, fields, params, ids, probs) -> str:
+    """The checksum of one exported row: sha256 (first 16 bytes, hex) of the store's build id, the sample index
+    and the row's records: every param field (``[A, *shape]``, its stored little-endian dtype, in ``fields``'
+    order), ``topk_ids`` (``<i4`` ``[A, K]``) and ``topk_probs`` (``<f4`` ``[A, K]``)."""
+    h = hashlib.sha256(_CHECKSUM_TAG)
+    h.update(str(build_id).encode() + b"\0")
+    h.update(np.asarray(int(index), dtype="<i8").tobytes())
+    for f in fields:
+        h.update(np.ascontiguousarray(params[f.name], dtype=np.dtype(f.dtype)).tobytes())
+    h.update(np.ascontiguousarray(ids, dtype="<i4").tobytes())
+    h.update(np.ascontiguousarray(probs, dtype="<f4").tobytes())
+    return h.hexdigest()[:32]
 
 
 def parquet_filename(split: str, k: int, n: int) -> str:
@@ -179,7 +204,7 @@ def _write_table_file(path: Path, schema, tables: Callable, row_group_size: int)
     import pyarrow.parquet as pq
 
     with atomic_file(path) as f:
-        kwargs = dict(compression="zstd", write_page_index=True)
+        kwargs = dict(compression="zstd", write_page_index=True, write_page_checksum=True)
         try:  # content-defined chunking (pyarrow >= 21) lets the Hub deduplicate re-uploads
             writer = pq.ParquetWriter(f, schema, use_content_defined_chunking=True, **kwargs)
         except TypeError:
@@ -238,6 +263,11 @@ def _chunk_table(store, adapter, schema, s0: int, s1: int, images: bool):
     ids_type = pa.from_numpy_dtype(np.dtype(_ids_dtype(m.num_classes)))
     cols["topk_ids"] = _fixed_list(ids, (a, m.topk), ids_type)
     cols["topk_probs"] = _fixed_list(probs, (a, m.topk), pa.float32())
+    n = s1 - s0
+    rows = {f.name: params[f.name].reshape(n, a, *f.shape) for f in m.param_fields}
+    ids, probs = ids.reshape(n, a, m.topk), probs.reshape(n, a, m.topk)
+    cols["checksum"] = pa.array([row_checksum(m.build_id, s0 + r, m.param_fields, {k: v[r] for k, v in rows.items()},
+                                              ids[r], probs[r]) for r in range(n)], type=pa.string())
     return pa.Table.from_arrays([cols[name] for name in schema.names], schema=schema)
 
 
@@ -377,3 +407,87 @@ def check_parquet(folder: str | os.PathLike, manifest) -> list[str]:
         raise StoreError(f"{folder / _DATA_DIR}: {next_index} rows for {manifest.num_samples} samples; "
                          "re-run builders/export.py --overwrite")
     return [p.relative_to(folder).as_posix() for p in files]
+
+
+def _column(table, name: str, shape: Sequence[int]) -> np.ndarray:
+    """A nested fixed-size list column as one numpy array ``[rows, *shape]``."""
+    arr = table.column(name).combine_chunks()
+    for _ in shape:
+        arr = arr.flatten()
+    return arr.to_numpy(zero_copy_only=False).reshape(len(table), *shape)
+
+
+def _check_rows(path: Path, table, identity, problems: list[str]) -> tuple[int, int]:
+    """Every row's checksum (and, where the row carries its file, the file's digest); returns (rows, images) checked."""
+    from ..identity import digest_bytes
+
+    m = identity.manifest
+    a, k = m.num_augmentations, m.topk
+    index = table.column("index").to_numpy()
+    params = {f.name: _column(table, f.name, (a, *f.shape)) for f in m.param_fields}
+    ids, probs = _column(table, "topk_ids", (a, k)), _column(table, "topk_probs", (a, k))
+    sums = table.column("checksum").to_pylist()
+    bad = [int(i) for r, i in enumerate(index)
+           if sums[r] != row_checksum(m.build_id, int(i), m.param_fields, {n: v[r] for n, v in params.items()},
+                                      ids[r], probs[r])]
+    if bad:
+        problems.append(f"{path}: {len(bad)} row(s) fail their checksum (records edited or corrupted, or rows of "
+                        f"another store): samples {bad[:10]}{' ...' if len(bad) > 10 else ''}; re-export the store "
+                        "(builders/export.py --overwrite)")
+    images = 0
+    if "image" in table.column_names:
+        cells = table.column("image").to_pylist()
+        wrong = []
+        for i, cell in zip(index, cells):
+            if cell is not None and cell.get("bytes") is not None and cell.get("path") is not None:
+                images += 1
+                if not np.array_equal(digest_bytes(cell["bytes"]), identity.content_hashes[int(i)]):
+                    wrong.append(int(i))
+        if wrong:
+            problems.append(f"{path}: the image bytes of {len(wrong)} row(s) differ from the files the store was "
+                            f"built from (sha256): samples {wrong[:10]}{' ...' if len(wrong) > 10 else ''}; re-export "
+                            "the store with --images from the original files")
+    return len(table), images
+
+
+def verify_parquet(folder: str | os.PathLike, identity) -> dict[str, Any]:
+    """Check a folder's Parquet export in full: :func:`check_parquet`, then every page and every row.
+
+    Reads every file with page checksums verified, and checks every row's checksum against its
+    records under the store's build id and sample index, and the sha256 of every row's file bytes
+    (rows that carry their file) against the samples file. ``imagenet-plus verify --full`` calls it.
+
+    Args:
+        folder: the exported folder (holding ``data/``).
+        identity: the opened store (its manifest and samples file).
+
+    Returns:
+        ``{"files": [...], "rows_checked": int, "images_checked": int, "problems": [...]}``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out: dict[str, Any] = {"files": [], "rows_checked": 0, "images_checked": 0, "problems": []}
+    try:
+        out["files"] = check_parquet(folder, identity.manifest)
+    except ReinforcementError as e:
+        out["problems"].append(str(e))
+        return out
+    for rel in out["files"]:
+        path = Path(folder) / rel
+        try:
+            table = pq.ParquetFile(path, page_checksum_verification=True).read()
+        except (OSError, pa.ArrowException) as e:
+            out["problems"].append(f"{path}: unreadable ({type(e).__name__}: {e}); the file is corrupt: re-export "
+                                   "the store (builders/export.py --overwrite) or re-download the file")
+            continue
+        rows, images = _check_rows(path, table, identity, out["problems"])
+        out["rows_checked"] += rows
+        out["images_checked"] += images
+    return out
+
+
+def has_parquet(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a Parquet export (``data/*.parquet``)."""
+    data = Path(folder) / _DATA_DIR
+    return data.is_dir() and any(data.glob("*.parquet"))
