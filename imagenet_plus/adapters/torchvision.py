@@ -30,9 +30,6 @@ from .base import ArrayAdapter, FileAdapter
 __all__ = ["ImageNetAdapter", "CIFAR100Adapter", "CIFAR10Adapter", "Flowers102Adapter", "Food101Adapter",
            "ImageFolderAdapter"]
 
-_ORG = "imagenet-plus"  # organisation of the package's default Hub repos (placeholder until published)
-
-
 def _tvd():
     import torchvision.datasets as tvd
 
@@ -69,8 +66,6 @@ class ImageFolderAdapter(FileAdapter):
     """Any ``torchvision.datasets.ImageFolder`` / ``DatasetFolder``: keys are paths relative to its root."""
 
     name = "imagefolder"
-    pretty_name = "ImageFolder"
-    splits = ("train", "val", "test")
 
     @classmethod
     def create(cls, root, split: str = "train", **kwargs: Any) -> "ImageFolderAdapter":
@@ -102,10 +97,6 @@ class ImageNetAdapter(ImageFolderAdapter):
     """ImageNet 2012: torchvision's ``ImageNet`` (devkit layout) or class folders ``root/{train,val}/<wnid>/``."""
 
     name = "imagenet"
-    pretty_name = "ImageNet+"
-    splits = ("train", "val")
-    redistributable = False  # ImageNet's terms of access forbid redistributing its images
-    default_repo = f"{_ORG}/imagenet-plus"
     _devkit = ("ILSVRC2012_devkit_t12.tar.gz", "meta.bin")
 
     @classmethod
@@ -139,9 +130,6 @@ class CIFAR100Adapter(ArrayAdapter):
     """``torchvision.datasets.CIFAR100``: 32x32 RGB arrays, keys ``"{split}/{index}"``."""
 
     name = "cifar100"
-    pretty_name = "CIFAR-100+"
-    redistributable = True
-    default_repo = f"{_ORG}/cifar100-plus"
     _cls = "CIFAR100"
 
     @classmethod
@@ -166,8 +154,6 @@ class CIFAR10Adapter(CIFAR100Adapter):
     """``torchvision.datasets.CIFAR10``."""
 
     name = "cifar10"
-    pretty_name = "CIFAR-10+"
-    default_repo = None
     _cls = "CIFAR10"
 
 
@@ -201,10 +187,6 @@ class Flowers102Adapter(_TorchvisionFiles):
     """``torchvision.datasets.Flowers102``: keys ``image_00001.jpg``."""
 
     name = "flowers102"
-    pretty_name = "Flowers-102+"
-    splits = ("train", "val", "test")
-    redistributable = True
-    default_repo = f"{_ORG}/flowers102-plus"
     _cls = "Flowers102"
 
 
@@ -212,7 +194,4 @@ class Food101Adapter(_TorchvisionFiles):
     """``torchvision.datasets.Food101``: keys ``apple_pie/1005649.jpg``."""
 
     name = "food101"
-    pretty_name = "Food-101+"
-    redistributable = True
-    default_repo = f"{_ORG}/food101-plus"
     _cls = "Food101"

@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ._common import EXIT_OK, UsageError, add_data_arguments, open_replay, positive_int, resolve_store
+from ..errors import EXIT_OK
+from ._common import UsageError, add_data_arguments, open_replay, positive_int, resolve_store
 
 
 def _caption(ids: np.ndarray, probs: np.ndarray, classes: Sequence[str] | None, k: int = 3) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._files import atomic_write_text
+from .._files import atomic_write_text, json_default
 from ..errors import StoreError
 from ..schema import Field, target_fields
 from ._format import (FORMAT_VERSION, MANIFEST_NAME, REPAIR, ROW_CRC_NAME, check_version, plan_shards,
@@ -349,9 +349,3 @@ def compute_build_id(manifest: Manifest, keys_digest: str) -> str:
         raise StoreError(f"compute_build_id: the manifest's settings are not JSON-able ({e}); describe the policy, "
                          "teacher and extras with dicts, lists, strings, numbers, bools or None") from e
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
-
-
-def json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
