@@ -239,10 +239,10 @@ def main(config: FinetuneConfig) -> dict:
     atomic_write(ckpt, [save(state, metadata={"model": cfg.model, "num_classes": str(num_classes)})])
     side = {"model": cfg.model, "num_classes": num_classes, "input_size": [3, size, size], "mean": list(mean),
             "std": list(std), "interpolation": str(data_cfg.get("interpolation", "bilinear")), "accuracy": acc,
-            "eval_split": _EVAL_SPLIT[cfg.dataset], "dataset": cfg.dataset, "steps": step, "final_loss": last_loss,
+            "eval_split": eval_base.split, "dataset": cfg.dataset, "steps": step, "final_loss": last_loss,
             "recipe": asdict(cfg)}
     atomic_write_text(ckpt.with_suffix(".json"), json.dumps(side, indent=1) + "\n")
-    print(f"{cfg.model}: {step} steps, {_EVAL_SPLIT[cfg.dataset]} accuracy {acc:.4f} -> {ckpt}", file=sys.stderr)
+    print(f"{cfg.model}: {step} steps, {eval_base.split} accuracy {acc:.4f} -> {ckpt}", file=sys.stderr)
     return side
 
 

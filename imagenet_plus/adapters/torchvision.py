@@ -126,19 +126,33 @@ class ImageNetAdapter(ImageFolderAdapter):
         return list(wnids) if wnids is not None else super().classes
 
 
-class CIFAR100Adapter(ArrayAdapter):
-    """``torchvision.datasets.CIFAR100``: 32x32 RGB arrays, keys ``"{split}/{index}"``."""
+class _TorchvisionClass:
+    """Created as torchvision's class ``_cls`` over ``(root, split)``, and matched by it."""
 
-    name = "cifar100"
-    _cls = "CIFAR100"
+    _cls = ""
 
     @classmethod
-    def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any) -> "CIFAR100Adapter":
-        return _create_torchvision(cls, root, split, download, {"train": split == "train"}, **kwargs)
+    def _split_kwargs(cls, split: str) -> dict:
+        return {"split": split}
+
+    @classmethod
+    def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any):
+        return _create_torchvision(cls, root, split, download, cls._split_kwargs(split), **kwargs)
 
     @classmethod
     def matches(cls, dataset: Any) -> bool:
-        return isinstance(dataset, getattr(_tvd(), cls._cls))  # CIFAR100 is matched first (a CIFAR10 subclass)
+        return isinstance(dataset, getattr(_tvd(), cls._cls))
+
+
+class CIFAR100Adapter(_TorchvisionClass, ArrayAdapter):
+    """``torchvision.datasets.CIFAR100``: 32x32 RGB arrays, keys ``"{split}/{index}"``."""
+
+    name = "cifar100"
+    _cls = "CIFAR100"  # matched before CIFAR10 (the registry's order), of which it is a subclass
+
+    @classmethod
+    def _split_kwargs(cls, split: str) -> dict:
+        return {"train": split == "train"}
 
     def _split_of(self, dataset: Any) -> str | None:
         return "train" if dataset.train else "test"
@@ -157,18 +171,8 @@ class CIFAR10Adapter(CIFAR100Adapter):
     _cls = "CIFAR10"
 
 
-class _TorchvisionFiles(FileAdapter):
+class _TorchvisionFiles(_TorchvisionClass, FileAdapter):
     """Shared body of torchvision's file datasets that list ``_image_files`` and ``_labels``."""
-
-    _cls = ""
-
-    @classmethod
-    def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any) -> "_TorchvisionFiles":
-        return _create_torchvision(cls, root, split, download, {"split": split}, **kwargs)
-
-    @classmethod
-    def matches(cls, dataset: Any) -> bool:
-        return isinstance(dataset, getattr(_tvd(), cls._cls))
 
     def _split_of(self, dataset: Any) -> str | None:
         return dataset._split
