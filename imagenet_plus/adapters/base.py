@@ -4,7 +4,9 @@ An adapter wraps one dataset object (a torchvision dataset, or your own class) a
 package, in one place:
 
 * its ``name`` (the store's ``manifest.dataset``), its ``splits`` and which one is trained on,
-  its default Hub repo, and whether its images may be redistributed (Parquet export);
+  its default Hub repo, and whether its images may be redistributed (Parquet export): for the
+  package's datasets these come from :mod:`imagenet_plus.registry`, set on the class when it is
+  defined (a class body that contradicts its entry is refused);
 * how to create the dataset from ``(root, split)`` (:meth:`DatasetAdapter.create`);
 * every sample's ``key`` (a stable name: a relative path, or ``"{split}/{index}"``) and
   ``label``, read from the dataset's metadata without decoding images;

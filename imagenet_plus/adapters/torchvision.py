@@ -11,6 +11,8 @@ Food-101            ``apple_pie/1005649.jpg``                    yes
 ImageFolder         path relative to the folder (``cat/1.jpg``)  no (unknown licence)
 ==================  ===========================================  ==========================
 
+Their names, splits, default repos and licences are :mod:`imagenet_plus.registry`'s entries.
+
 Every file-backed dataset is read and decoded by the package (see
 :func:`imagenet_plus.imageio.decode_bytes`), not by torchvision's loader; the dataset
 object supplies only the file list, the labels and the class names.
