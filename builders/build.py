@@ -25,10 +25,10 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imagenet_plus.builder.cli import add_arguments, config_from_args, run, run_build  # noqa: E402
-from imagenet_plus.builder.config import DATASETS, BuildConfig, load_config  # noqa: E402
+from imagenet_plus.builder.config import BuildConfig, load_config  # noqa: E402
 from imagenet_plus.errors import ArgumentError  # noqa: E402
 
-__all__ = ["CONFIGS", "BuildConfig", "DATASETS", "recipe_path", "load_config", "parse_args", "create_dataset",
+__all__ = ["CONFIGS", "BuildConfig", "recipe_path", "load_config", "parse_args", "create_dataset",
            "main", "cli"]
 
 #: The maintainers' recipes, one YAML file per published store.
@@ -75,8 +75,7 @@ def create_dataset(cfg: BuildConfig):
     """The torchvision-style dataset of ``cfg`` (through the package's adapters; never downloads)."""
     from imagenet_plus.adapters import create_adapter
 
-    kwargs = {"image_size": cfg.source_size} if cfg.dataset == "digits" else {}
-    return create_adapter(cfg.dataset, cfg.data_root, cfg.split, **kwargs).dataset
+    return create_adapter(cfg.dataset, cfg.data_root, cfg.split, image_size=cfg.source_size).dataset
 
 
 def main(config: BuildConfig):

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imagenet_plus._files import atomic_write_text  # noqa: E402
+from imagenet_plus import atomic_write_text  # noqa: E402
 from imagenet_plus.errors import ReinforcementError  # noqa: E402
 
 __all__ = ["ExportConfig", "ExportResult", "CARDS_DIR", "pretty_name", "card_template", "card_values",
@@ -54,7 +54,7 @@ class ExportConfig:
         repo_id: the Hub repo the card's snippets name (default: the package's default repo).
         data_root: the base dataset's root in torchvision's layout; needed for images.
         images: put the images in the Parquet (``None``: yes when the images can be read, i.e.
-            ``data_root`` is given or the dataset is ``digits``, and the dataset's adapter says they
+            ``data_root`` is given or the dataset needs none (digits), and the registry says they
             may be redistributed; never for ImageNet, whose licence forbids it).
         template: the card template (default ``hub_cards/<dataset>-plus.md``).
         rows_per_group: Parquet rows per row group (default: about 64 MiB).
@@ -86,11 +86,16 @@ class ExportResult:
 
 # ---------------------------------------------------------------------------------------------- the card
 def pretty_name(dataset: str) -> str:
-    """The dataset's display name (its adapter's), e.g. ``CIFAR-100+``; ``<name>+`` for others."""
-    from imagenet_plus.adapters import ADAPTERS
+    """The dataset's display name (the registry's), e.g. ``CIFAR-100+``; ``<name>+`` for others."""
+    info = _info(dataset)
+    return info.pretty_name if info is not None and not info.generic else f"{dataset}+"
 
-    cls = ADAPTERS.get(dataset)
-    return cls.pretty_name if cls is not None and cls.name != "imagefolder" else f"{dataset}+"
+
+def _info(dataset: str):
+    """The registry entry of ``dataset`` (``None``: a name the package does not know)."""
+    from imagenet_plus import registry
+
+    return registry.dataset_info(dataset) if dataset in registry.names() else None
 
 
 def card_template(dataset: str) -> Path:
@@ -278,17 +283,9 @@ def _link_store(src: Path, dst: Path, manifest, overwrite: bool) -> None:
 
 def _open_base(config: ExportConfig, store):
     """The adapter of the dataset the store was built from (``--data-root``; digits need none)."""
-    from torch.utils.data import Subset
+    from imagenet_plus.adapters import create_store_adapter
 
-    from imagenet_plus.adapters import SubsetAdapter, create_adapter
-
-    m = store.manifest
-    kwargs = {"image_size": int(store.image_sizes[0][0])} if m.dataset == "digits" else {}
-    adapter = create_adapter(m.dataset, config.data_root, m.split, **kwargs)
-    limit = (m.extra or {}).get("limit_samples")
-    if limit is not None and limit < len(adapter):
-        adapter = SubsetAdapter(Subset(adapter.dataset, range(int(limit))), adapter)
-    return adapter
+    return create_store_adapter(store, config.data_root)
 
 
 def main(config: ExportConfig, *, base=None) -> ExportResult:
@@ -302,8 +299,7 @@ def main(config: ExportConfig, *, base=None) -> ExportResult:
     Returns:
         An :class:`ExportResult`.
     """
-    from imagenet_plus.hf import export_parquet, images_forbidden
-    from imagenet_plus.hub import DEFAULT_REPOS
+    from imagenet_plus.hf import export_parquet
     from imagenet_plus.store import open_store, verify
 
     src = Path(config.store)
@@ -311,17 +307,18 @@ def main(config: ExportConfig, *, base=None) -> ExportResult:
     out = Path(config.out) if config.out else src
     if out.resolve() != src.resolve():
         _link_store(src, out, manifest, config.overwrite)
-    readable = base is not None or config.data_root is not None or manifest.dataset == "digits"
+    info = _info(manifest.dataset)
+    readable = base is not None or config.data_root is not None or (info is not None and not info.needs_root)
     images = config.images
-    if images is None:
-        images = readable and not images_forbidden(manifest.dataset) and manifest.dataset != "imagefolder"
+    if images is None:  # by default only where the licence allows it (an unknown licence: pass --images)
+        images = readable and info is not None and info.redistributable is True
     store = open_store(out)
     if images and base is None:
         if not readable:
             raise ReinforcementError(f"images for {manifest.dataset!r} need --data-root (the dataset the store was "
                                      "built from), or pass --no-images")
         base = _open_base(config, store)
-    repo_id = config.repo_id or DEFAULT_REPOS.get(manifest.dataset) or f"<org>/{manifest.dataset}-plus"
+    repo_id = config.repo_id or (info and info.default_repo) or f"<org>/{manifest.dataset}-plus"
     if (out / "README.md").exists() and not config.overwrite:
         raise ReinforcementError(f"{out / 'README.md'} exists; pass --overwrite to re-render the card")
     files = export_parquet(store, out, base=base if images else None, images=bool(images),

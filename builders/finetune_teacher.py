@@ -10,9 +10,9 @@ num_classes, input size, mean/std, interpolation, accuracy, recipe), the sidecar
 :mod:`imagenet_plus.teachers` reads next to the checkpoint (the builder then feeds the teacher
 images at the size it was trained at).
 
-Datasets: ``cifar100``, ``flowers102``, ``food101`` (torchvision's layout under
-``--data-root``; never downloaded), ``imagefolder`` and ``digits``
-(scikit-learn's handwritten digits, no files needed).
+Datasets: every dataset of :mod:`imagenet_plus.registry`, trained on its training split and
+evaluated on its evaluation split (torchvision's layout under ``--data-root``; never
+downloaded; ``digits``, scikit-learn's handwritten digits, needs no files).
 
 Example::
 
@@ -39,17 +39,13 @@ import torch.nn as nn
 
 __all__ = ["FinetuneConfig", "main", "cli"]
 
-_TRAIN_SPLIT = {"cifar100": "train", "flowers102": "train", "food101": "train", "imagefolder": "train",
-                "digits": "train"}
-_EVAL_SPLIT = {"cifar100": "test", "flowers102": "test", "food101": "test", "imagefolder": "val", "digits": "test"}
-
-
 @dataclass
 class FinetuneConfig:
     """Settings of one fine-tuning run.
 
     Args:
-        dataset: ``cifar100``, ``flowers102``, ``food101``, ``imagefolder`` or ``digits``.
+        dataset: a dataset of :mod:`imagenet_plus.registry` (trained on its training split, evaluated
+            on its evaluation split).
         data_root: the dataset's root folder (unused for ``digits``).
         model: timm model name.
         out: output folder for ``{model}.safetensors`` and ``{model}.json``.
@@ -68,7 +64,7 @@ class FinetuneConfig:
         seed: seed of the initialisation and the data order.
         limit_train: use only the first N training images (smoke tests).
         limit_eval: evaluate on only the first N evaluation images.
-        source_size: digits: side of the upsampled images.
+        source_size: the side of the images of a dataset that generates them (digits; ``None``: its default).
         name: file stem of the outputs (``None``: the model name); lets one model be trained
             several times (e.g. with other seeds) into one folder.
     """
@@ -92,20 +88,18 @@ class FinetuneConfig:
     seed: int = 0
     limit_train: int | None = None
     limit_eval: int | None = None
-    source_size: int = 32
+    source_size: int | None = None
     name: str | None = None
 
 
 def _bases(cfg: FinetuneConfig):
     """The adapters of ``cfg``'s training and evaluation splits."""
     from imagenet_plus.adapters import create_adapter
+    from imagenet_plus.registry import dataset_info
 
-    if cfg.dataset not in _TRAIN_SPLIT:
-        raise ValueError(f"--dataset {cfg.dataset!r} is not supported; valid values are "
-                         f"{{{', '.join(_TRAIN_SPLIT)}}}")
-    kwargs = {"image_size": cfg.source_size} if cfg.dataset == "digits" else {}
-    return tuple(create_adapter(cfg.dataset, cfg.data_root, split, **kwargs)
-                 for split in (_TRAIN_SPLIT[cfg.dataset], _EVAL_SPLIT[cfg.dataset]))
+    info = dataset_info(cfg.dataset, "--dataset")
+    return tuple(create_adapter(cfg.dataset, cfg.data_root, split, image_size=cfg.source_size)
+                 for split in (info.train_split, info.eval_split))
 
 
 def _wrap(adapter, tf, limit: int | None):
@@ -207,7 +201,7 @@ def main(config: FinetuneConfig) -> dict:
     from safetensors.torch import load_file, save
     from torch.utils.data import DataLoader
 
-    from imagenet_plus._files import atomic_write, atomic_write_text
+    from imagenet_plus import atomic_write, atomic_write_text
     from imagenet_plus.teachers import TeacherSpec, create_member
 
     cfg = config
@@ -245,19 +239,21 @@ def main(config: FinetuneConfig) -> dict:
     atomic_write(ckpt, [save(state, metadata={"model": cfg.model, "num_classes": str(num_classes)})])
     side = {"model": cfg.model, "num_classes": num_classes, "input_size": [3, size, size], "mean": list(mean),
             "std": list(std), "interpolation": str(data_cfg.get("interpolation", "bilinear")), "accuracy": acc,
-            "eval_split": _EVAL_SPLIT[cfg.dataset], "dataset": cfg.dataset, "steps": step, "final_loss": last_loss,
+            "eval_split": eval_base.split, "dataset": cfg.dataset, "steps": step, "final_loss": last_loss,
             "recipe": asdict(cfg)}
     atomic_write_text(ckpt.with_suffix(".json"), json.dumps(side, indent=1) + "\n")
-    print(f"{cfg.model}: {step} steps, {_EVAL_SPLIT[cfg.dataset]} accuracy {acc:.4f} -> {ckpt}", file=sys.stderr)
+    print(f"{cfg.model}: {step} steps, {eval_base.split} accuracy {acc:.4f} -> {ckpt}", file=sys.stderr)
     return side
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
+    from imagenet_plus import registry
+
     d = FinetuneConfig()
     p = argparse.ArgumentParser(prog="builders/finetune_teacher.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default=d.dataset, choices=sorted(_TRAIN_SPLIT))
+    p.add_argument("--dataset", default=d.dataset, choices=registry.names())
     p.add_argument("--data-root", dest="data_root", default=d.data_root)
     p.add_argument("--model", default=d.model)
     p.add_argument("--out", default=d.out)

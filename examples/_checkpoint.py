@@ -4,7 +4,7 @@ A checkpoint holds everything a resumed run needs to continue bit for bit:
 the model, the EMA model, the optimiser state (tensors in the file, scalars
 and the param groups in the JSON), the RNG states, the completed epoch, the
 global step and the per-epoch history. It is written through
-:func:`imagenet_plus._files.atomic_write`, so a kill at any moment leaves the
+:func:`imagenet_plus.atomic_write`, so a kill at any moment leaves the
 previous checkpoint or the new one, never a torn file.
 """
 
@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
-from imagenet_plus._files import atomic_write
+from imagenet_plus import atomic_write
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load_pretrained"]
 

@@ -38,8 +38,7 @@ def create_base(data: dict, split: str):
     """
     from imagenet_plus.adapters import create_adapter
 
-    kwargs = {"image_size": data["source_size"]} if data["dataset"] == "digits" else {}
-    return create_adapter(data["dataset"], data["root"], split, **kwargs).dataset
+    return create_adapter(data["dataset"], data["root"], split, image_size=data["source_size"]).dataset
 
 
 def load_image(base, i: int):

@@ -11,13 +11,13 @@ with a default.
 
 Keys (see :data:`DEFAULTS` for the defaults)::
 
-    data.dataset        imagenet | cifar100 | flowers102 | food101 | imagefolder | digits
+    data.dataset        a dataset of imagenet_plus.registry (imagenet, cifar100, flowers102, ...)
     data.root           the dataset's folder in torchvision's layout (digits: unused)
-    data.train_split    split the students train on (and the store was built over)
-    data.eval_split     split evaluated after every epoch
+    data.train_split    split the students train on (and the store was built over; null: the registry's)
+    data.eval_split     split evaluated after every epoch (null: the registry's)
     data.train_samples  train on the first N samples only (null: all)
     data.eval_samples   evaluate on the first N samples of eval_split only (null: all; smoke runs)
-    data.source_size    digits: side of the upsampled images
+    data.source_size    digits: side of the upsampled images (null: the registry's default)
     data.repeats        passes over the training set per epoch (throughput checks on tiny sets)
     data.device         cpu: workers replay whole items; cuda: workers crop, the GPU finishes
                         the batch (DeviceReplay) in every mode
@@ -52,19 +52,19 @@ from typing import Any
 
 import yaml
 
+from imagenet_plus import registry
 from imagenet_plus.errors import ArgumentError
 
 __all__ = ["DEFAULTS", "MODES", "DATASETS", "MIX_DEFAULTS", "load_recipe", "parse_override", "recipe_digest"]
 
 MODES = ("erm", "kd", "plus")
-DATASETS = ("imagenet", "cifar100", "flowers102", "food101", "imagefolder", "digits")
+DATASETS = registry.names()  # the registry's, as this module is imported (checks read it live)
 MIX_DEFAULTS = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 1.0}
 EMA_DEFAULTS = {"decay": 0.9998}
 
 DEFAULTS: dict[str, Any] = {
-    "data": {"dataset": None, "root": None, "train_split": "train", "eval_split": "val", "train_samples": None,
-             "eval_samples": None,
-             "source_size": 32, "repeats": 1, "device": "cpu"},
+    "data": {"dataset": None, "root": None, "train_split": None, "eval_split": None, "train_samples": None,
+             "eval_samples": None, "source_size": None, "repeats": 1, "device": "cpu"},
     "policy": None,
     "eval": {"resize": 256, "crop": 224, "batch_size": 256},
     "reinforcements": None,
@@ -93,8 +93,8 @@ DEFAULTS: dict[str, Any] = {
 _FREE = {"policy", "model.kwargs", "optimizer.kwargs", "reinforcements", "data.root", "teacher.input_size",
          "model.checkpoint"}
 # Keys that are null by default and hold a number (or null) when set.
-_OPTIONAL_NUMBER = {"data.train_samples", "data.eval_samples", "num_augmentations", "grad_clip",
-                    "teacher.input_size"}
+_OPTIONAL_NUMBER = {"data.train_samples", "data.eval_samples", "data.source_size", "num_augmentations",
+                    "grad_clip", "teacher.input_size"}
 _CHOICES = {"data.dataset": DATASETS, "amp": ("bf16", "off"), "data.device": ("cpu", "cuda")}
 _SECTIONS_WITH_DEFAULTS = {"mix": MIX_DEFAULTS, "ema": EMA_DEFAULTS}
 
@@ -131,7 +131,7 @@ def _check_leaf(where: str, key: str, value: Any, default: Any) -> None:
     if key in _FREE or key.startswith("modes."):
         return
     if key in _CHOICES:
-        valid = _CHOICES[key]
+        valid = registry.names() if key == "data.dataset" else _CHOICES[key]
         if value not in valid:
             raise _fail(where, key, value, "{" + ", ".join(valid) + "}")
         return
@@ -181,7 +181,9 @@ def _check(recipe: dict, where: str) -> dict:
     if not 0.0 <= recipe["p_original"] <= 1.0:
         raise _fail(where, "p_original", recipe["p_original"], "a probability in [0, 1]")
     if recipe["data"]["dataset"] is None:
-        raise ArgumentError(f"{where}: recipe key data.dataset is not set. Valid values are {{{', '.join(DATASETS)}}}.")
+        raise ArgumentError(f"{where}: recipe key data.dataset is not set. Valid values are "
+                            f"{{{', '.join(registry.names())}}}.")
+    _check_splits(recipe["data"], where)
     if not isinstance(recipe["model"]["name"], str):
         raise ArgumentError(f"{where}: recipe key model.name is not set; give a timm model name "
                             "(e.g. resnet50d) or 'cnn:WIDTHxDEPTH'.")
@@ -195,6 +197,16 @@ def _check(recipe: dict, where: str) -> dict:
     if recipe["ema"] is not None and not 0.0 < recipe["ema"]["decay"] < 1.0:
         raise _fail(where, "ema.decay", recipe["ema"]["decay"], "a number in (0, 1)")
     return recipe
+
+
+def _check_splits(data: dict, where: str) -> None:
+    """Fill in the registry's train/eval split where the recipe gives none; refuse a split the dataset lacks."""
+    info = registry.dataset_info(data["dataset"], "data.dataset")
+    for key in ("train_split", "eval_split"):
+        if data[key] is None:
+            data[key] = getattr(info, key)
+        elif data[key] not in info.splits:
+            raise _fail(where, f"data.{key}", data[key], f"a split of {info.name}: {{{', '.join(info.splits)}}}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

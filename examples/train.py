@@ -69,7 +69,7 @@ from _data import (EvalDataset, RandomAugmentDataset, Repeat, create_base, creat
 from _recipe import load_recipe, parse_override, recipe_digest  # noqa: E402
 from _train import classification_metrics, create_model, plot_run  # noqa: E402
 
-from imagenet_plus._files import atomic_write_text  # noqa: E402
+from imagenet_plus import atomic_write_text  # noqa: E402
 from imagenet_plus.errors import ArgumentError  # noqa: E402
 
 __all__ = ["main", "parse_args", "Trainer", "Dist"]

@@ -14,61 +14,26 @@ from __future__ import annotations
 
 __version__ = "0.1.0"  # before the imports: submodules read it
 
+from . import errors as _errors
+from . import registry as _registry
+from ._lazy import lazy_names
+
 # Public names are imported on first use (PEP 562), so `import imagenet_plus` and the
 # `imagenet-plus` command start without loading torchvision, timm or the Hub client.
+# The dataset wrappers (ImageNetPlus, ...) and the error classes come from their one table each.
 _LAZY = {
-    "Policy": ".augment", "create_policy": ".augment", "create_eval_transform": ".augment",
-    "ReinforcedDataset": ".datasets", "ImageNetPlus": ".datasets", "CIFAR100Plus": ".datasets",
-    "Flowers102Plus": ".datasets", "Food101Plus": ".datasets",
-    "AlignmentError": ".errors", "IntegrityError": ".errors", "PolicyError": ".errors",
-    "ReinforcementError": ".errors", "StoreError": ".errors", "ArgumentError": ".errors",
-    "ImageDecodeError": ".errors", "BuildError": ".errors", "ImportFormatError": ".errors",
+    "ReinforcedDataset": ".datasets", **{name: ".datasets" for name in _registry.wrappers()},
+    "DeviceReplay": ".replay", "Chooser": ".replay",
     "DatasetAdapter": ".adapters", "FileAdapter": ".adapters", "ArrayAdapter": ".adapters", "Digits": ".adapters",
     "adapt": ".adapters", "create_adapter": ".adapters", "scan_copy": ".scan",
-    "resolve_reinforcements": ".hub",
-    "DeviceReplay": ".replay", "Chooser": ".replay",
+    "Policy": ".augment", "create_policy": ".augment", "create_eval_transform": ".augment",
+    "SoftTargetCrossEntropy": ".targets", "soft_target_cross_entropy": ".targets", "densify": ".targets",
     "ReinforcementStore": ".store", "open_store": ".store", "verify": ".store",
-    "SoftTargetCrossEntropy": ".targets", "densify": ".targets", "soft_target_cross_entropy": ".targets",
+    "resolve_reinforcements": ".hub", "open_reinforcements": ".hub",
+    "atomic_write": "._files", "atomic_write_text": "._files",  # the one atomic writer, for scripts' own files
+    **{name: ".errors" for name in _errors.__all__},
 }
-
-
-from ._lazy import lazy_names
 
 __getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)
 
-
-__all__ = [
-    "ReinforcedDataset",
-    "ImageNetPlus",
-    "CIFAR100Plus",
-    "Flowers102Plus",
-    "Food101Plus",
-    "DeviceReplay",
-    "Chooser",
-    "DatasetAdapter",
-    "FileAdapter",
-    "ArrayAdapter",
-    "Digits",
-    "adapt",
-    "create_adapter",
-    "scan_copy",
-    "Policy",
-    "create_policy",
-    "create_eval_transform",
-    "SoftTargetCrossEntropy",
-    "soft_target_cross_entropy",
-    "densify",
-    "ReinforcementStore",
-    "open_store",
-    "verify",
-    "resolve_reinforcements",
-    "ReinforcementError",
-    "StoreError",
-    "IntegrityError",
-    "AlignmentError",
-    "PolicyError",
-    "ArgumentError",
-    "ImageDecodeError",
-    "BuildError",
-    "ImportFormatError",
-]
+__all__ = list(_LAZY)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from .errors import ArgumentError
 
-__all__ = ["check_choice", "check_int", "check_probability"]
+__all__ = ["check_choice", "check_int", "check_probability", "check_device"]
 
 
 def check_choice(value: Any, arg: str, valid: Sequence[str]) -> str:
@@ -56,3 +56,22 @@ def check_probability(value: Any, arg: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise ArgumentError(f"Invalid value {value!r} for argument {arg}. Valid values are a probability in [0, 1].")
     return float(value)
+
+
+def check_device(device: Any, where: str, fix: str):
+    """``device`` as a ``torch.device``, refused if it is a CUDA device and this machine has none.
+
+    Args:
+        device: a ``torch.device`` or its name (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        where: what the message starts with (the argument and its value, e.g. ``"device='cuda'"``).
+        fix: what to do instead (e.g. ``"use device='cpu'"``).
+
+    Raises:
+        ArgumentError: "{where}: CUDA is not available on this machine; {fix}".
+    """
+    import torch  # only the callers that place work on a device get here
+
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"{where}: CUDA is not available on this machine; {fix}")
+    return d

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
 __all__ = ["WrittenFile", "atomic_file", "atomic_write", "atomic_write_text", "temp_name_prefix", "is_temp_of", "fsync_dir",
-           "human_bytes"]
+           "human_bytes", "json_default"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -118,3 +118,12 @@ def human_bytes(n: float) -> str:
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024.0
     raise AssertionError("unreachable")
+
+
+def json_default(o):
+    """``json.dumps(..., default=json_default)``: numpy scalars as Python numbers; anything else is refused."""
+    import numpy as np  # numpy is loaded wherever a value to write can be one of its scalars
+
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

@@ -32,41 +32,29 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets.vision import VisionDataset
 
-from ._checks import check_choice, check_int, check_probability
+from . import registry
+from ._checks import check_choice, check_device, check_int, check_probability
 from .adapters import (CIFAR100Adapter, DatasetAdapter, Flowers102Adapter, Food101Adapter, ImageNetAdapter,
                        adapt)
 from .augment import create_eval_transform, create_policy
-from .errors import AlignmentError, ArgumentError, ReinforcementError, StoreError
+from .errors import AlignmentError, ArgumentError, ReinforcementError
+from .hub import open_reinforcements
 from .identity import CHECK_MODES, IdentityChecker
 from .replay import DENSIFY_MODES, SAMPLINGS, Chooser, ReplaySource, StoreRecords, draw_seed
 
 __all__ = ["ReinforcedDataset", "ImageNetPlus", "CIFAR100Plus", "Flowers102Plus", "Food101Plus", "open_reinforcements"]
 
-#: Adapters whose name says nothing about the data (any folder of images): the store's dataset name is not compared.
-_GENERIC = frozenset({"imagefolder", ""})
 
-
-def open_reinforcements(reinforcements, num_augmentations: int | None = None):
-    """Open ``reinforcements`` (a store folder, a Hub repo id ``"org/name@rev"``, a dataset name, or an opened store)."""
-    from .store import ReinforcementStore, open_store
-
-    if isinstance(reinforcements, ReinforcementStore):
-        if num_augmentations is None or num_augmentations == reinforcements.num_augmentations:
-            return reinforcements
-        return open_store(reinforcements.root, num_augmentations=num_augmentations)
-    if not isinstance(reinforcements, (str, os.PathLike)):
-        raise StoreError(f"reinforcements must be a store folder, a Hub repo id ('org/name@revision') or an "
-                         f"opened ReinforcementStore, got {type(reinforcements).__name__}")
-    from .hub import resolve_reinforcements
-
-    return open_store(resolve_reinforcements(reinforcements, num_augmentations), num_augmentations=num_augmentations)
+def _generic(name: str) -> bool:
+    """Whether an adapter's name says nothing about the data (any folder of images): the store's is not compared."""
+    return not name or (name in registry.names() and registry.dataset_info(name).generic)
 
 
 def _align(adapter: DatasetAdapter, store) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Check name, split, class count, keys and labels; return (dataset -> store, store -> dataset) maps."""
     m = store.manifest
     where = f"the store at {store.root} ({m.dataset}/{m.split})"
-    if adapter.name not in _GENERIC and m.dataset != adapter.name:
+    if not _generic(adapter.name) and m.dataset != adapter.name:
         raise AlignmentError(f"{where} was built for dataset {m.dataset!r}, but the base dataset is "
                              f"{type(adapter.dataset).__name__} ({adapter.name!r}); pass reinforcements built for "
                              f"{adapter.name}")
@@ -154,10 +142,8 @@ class ReinforcedDataset(Dataset):
         check_choice(check, "check", CHECK_MODES)
         check_probability(p_original, "p_original")
         check_int(num_augmentations, "num_augmentations", low=1, optional=True)
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ArgumentError(f"device={str(device)!r}: CUDA is not available on this machine; use device='cpu' "
-                                "(replay in the DataLoader workers)")
+        self.device = check_device(device, f"device={str(device)!r}",
+                                   "use device='cpu' (replay in the DataLoader workers)")
         if self.device.type != "cpu" and (transform is not None or target_transform is not None):
             raise ArgumentError(f"transform/target_transform apply to the CPU path; with device='{self.device}' "
                                 "DeviceReplay finishes the batch: apply them to its output")

@@ -2,11 +2,17 @@
 
 Every error raised for bad user input is a :class:`ReinforcementError` (a
 ``ValueError`` subclass), and its message names the file or argument, what is
-wrong, and what to do about it.
+wrong, and what to do about it. One class per kind of mistake: an argument
+outside its valid set or range (a CUDA device on a machine without one included)
+is an :class:`ArgumentError` wherever it is passed. The commands' exit statuses
+(``EXIT_*``) and :func:`short_repr` (a value quoted in a message) live here too.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+# The exception classes (imagenet_plus exports each of them).
 __all__ = [
     "ReinforcementError",
     "StoreError",
@@ -19,6 +25,15 @@ __all__ = [
     "BuildError",
     "ImportFormatError",
 ]
+
+#: Exit statuses of every command: done, failed (bad data, a failed check), a usage error, interrupted.
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def short_repr(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a value quoted in an error message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class ReinforcementError(ValueError):

@@ -7,7 +7,7 @@ into a local folder that :func:`imagenet_plus.store.open_store` can open:
 * a Hub dataset repo, ``"org/name"`` or ``"org/name@revision"`` (a branch, a
   tag such as ``v1`` or a commit hash);
 * a dataset name (``"imagenet"``, ``"cifar100"``, ...): the package's default
-  repo for it, :data:`DEFAULT_REPOS`.
+  repo for it (:mod:`imagenet_plus.registry`).
 
 From the Hub only what is needed is fetched: ``manifest.json`` first, then
 ``samples.safetensors`` and the shards whose augmentation range intersects
@@ -23,20 +23,14 @@ import os
 import re
 from pathlib import Path
 
+from . import registry
+from ._checks import check_choice
 from .errors import StoreError
+from .registry import DEFAULT_ORG
 
-__all__ = ["DEFAULT_ORG", "DEFAULT_REPOS", "REPO_TYPE", "parse_repo_spec", "required_files",
+__all__ = ["DEFAULT_ORG", "REPO_TYPE", "parse_repo_spec", "required_files", "resolve_store", "open_reinforcements",
            "resolve_manifest", "resolve_identity", "resolve_reinforcements"]
 
-#: Organisation of the package's default repos. A placeholder until the stores are published:
-#: pass your own ``"org/name"`` (or a local folder) until then.
-DEFAULT_ORG = "imagenet-plus"
-#: Default Hub dataset repo per dataset name.
-DEFAULT_REPOS = {"imagenet": f"{DEFAULT_ORG}/imagenet-plus", "cifar100": f"{DEFAULT_ORG}/cifar100-plus",
-                 "flowers102": f"{DEFAULT_ORG}/flowers102-plus", "food101": f"{DEFAULT_ORG}/food101-plus",
-                 "digits": f"{DEFAULT_ORG}/digits-plus"}
-# (equal to each adapter's ``default_repo``, tests/test_hub.py checks it; kept literal so that
-# `import imagenet_plus.hub` stays light: no torchvision)
 #: Stores live in Hub *dataset* repos.
 REPO_TYPE = "dataset"
 
@@ -47,7 +41,7 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     """Split ``"org/name@revision"`` into ``("org/name", "revision")`` (revision ``None`` if absent).
 
-    Dataset names in :data:`DEFAULT_REPOS` map to their default repo.
+    Dataset names with a default repo in :mod:`imagenet_plus.registry` map to it.
 
     Raises:
         StoreError: ``spec`` is neither ``org/name[@revision]`` nor a known dataset name.
@@ -56,10 +50,9 @@ def parse_repo_spec(spec: str) -> tuple[str, str | None]:
     if sep and not revision:
         raise StoreError(f"reinforcements={spec!r}: empty revision after '@'; write 'org/name@v1' "
                          "(a branch, tag or commit hash) or drop the '@'")
-    if repo in DEFAULT_REPOS:
-        repo = DEFAULT_REPOS[repo]
+    repo = registry.default_repo(repo) or repo
     if not _REPO_RE.match(repo) or ".." in repo:
-        known = ", ".join(sorted(DEFAULT_REPOS))
+        known = ", ".join(sorted(n for n in registry.names() if registry.default_repo(n)))
         raise StoreError(f"reinforcements={spec!r} is not an existing folder, a Hub dataset repo id "
                          f"('org/name' or 'org/name@revision') or a known dataset name ({known}); "
                          "pass the folder written by the builder or a repo id")
@@ -112,10 +105,7 @@ def _describe_missing(missing: list[str]) -> str:
 
 
 def _resolve_local(folder: Path, num_augmentations: int | None, shards: bool = True) -> Path:
-    if not (folder / _MANIFEST).is_file():
-        raise StoreError(f"reinforcements={str(folder)!r}: the folder has no {_MANIFEST}; point to the folder "
-                         "written by the builder (an unfinished build has no manifest: rerun it to completion)")
-    manifest = _load_manifest(folder)
+    manifest = _load_manifest(resolve_manifest_file(folder).parent)
     files = required_files(manifest, num_augmentations, source=str(folder / _MANIFEST))
     missing = _missing(folder, files if shards else files[:2])
     if missing:
@@ -230,13 +220,17 @@ def _incomplete(repo_id, revision, manifest, folder: Path, files, num_augmentati
 
 
 def _parse_spec(spec, revision: str | None) -> tuple[Path | None, str | None, str | None]:
-    """``(local_folder, None, None)`` or ``(None, repo_id, revision)`` for a store spec."""
-    if isinstance(spec, os.PathLike):
-        return Path(spec).expanduser().resolve(), None, None
-    if not isinstance(spec, str):
-        raise StoreError(f"reinforcements must be a folder path or a repo id string, got {type(spec).__name__}")
+    """``(local_folder, None, None)`` or ``(None, repo_id, revision)`` for a store spec.
+
+    A path to a store's ``manifest.json`` stands for its folder.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise StoreError(f"reinforcements must be a store folder, a Hub repo id ('org/name@revision') or an opened "
+                         f"ReinforcementStore, got {type(spec).__name__}")
     local = Path(spec).expanduser()
-    if local.is_dir():
+    if local.name == _MANIFEST and local.is_file():
+        local = local.parent
+    if isinstance(spec, os.PathLike) or local.is_dir():
         return local.resolve(), None, None
     head = spec.partition("@")[0]
     if head.startswith((".", "/", "~")) or head.count("/") > 1 or "\\" in head:
@@ -259,6 +253,85 @@ def _download_manifest(repo_id: str, revision: str | None, *, cache_dir, local_f
         raise _hub_error(err, repo_id, revision, _MANIFEST, _offline(local_files_only), cache_dir) from err
 
 
+_FILES = ("records", "identity", "manifest")
+
+
+def resolve_store(spec, num_augmentations: int | None = None, *, files: str = "records", check_local: bool = True,
+                  revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                  local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
+    """The one way from what a user names to a local store folder (every entry point calls it).
+
+    Args:
+        spec: a store folder, its ``manifest.json``, ``"org/name"`` or ``"org/name@revision"`` (a Hub
+            dataset repo), or a dataset name of :mod:`imagenet_plus.registry` (its default repo).
+        num_augmentations: augmentations per sample that will be read (``None``: all stored). From the
+            Hub, only the shards covering ``[0, num_augmentations)`` are downloaded.
+        files: what must be there: ``"records"`` (the manifest, the samples file and those shards),
+            ``"identity"`` (the manifest and the samples file: keys, labels, sizes, fingerprints) or
+            ``"manifest"``.
+        check_local: check that a local folder holds them (``False``: return it as it is, for a caller
+            that checks and reports every file itself, such as ``verify``).
+        revision: branch, tag or commit of the repo (default ``main``; or write ``org/name@revision``).
+        cache_dir: the Hugging Face cache (default ``HF_HUB_CACHE``).
+        local_files_only: never touch the network, read the cache only (``None``: ``HF_HUB_OFFLINE``).
+        token: Hub token for private repos (default: the saved login).
+
+    Returns:
+        The folder holding ``manifest.json`` (for a repo, its snapshot folder in the cache).
+
+    Raises:
+        StoreError: the spec is malformed, the folder or repo is not a store, the revision or a file is
+            missing (online or in the offline cache); the message names the repo, revision or file and what to do.
+    """
+    check_choice(files, "files", _FILES)
+    folder, repo_id, rev = _parse_spec(spec, revision)
+    if folder is not None:
+        if revision is not None:
+            raise StoreError(f"revision={revision!r} applies to Hub repos, but reinforcements={str(spec)!r} is a local "
+                             "folder; drop revision= or pass the repo id")
+        if not check_local:
+            return folder
+        if files == "manifest":
+            return resolve_manifest_file(folder).parent
+        return _resolve_local(folder, num_augmentations, shards=files == "records")
+    try:
+        if files == "manifest":
+            return _download_manifest(repo_id, rev, cache_dir=cache_dir, local_files_only=bool(local_files_only),
+                                      token=token).parent
+        return _resolve_hub(repo_id, rev, num_augmentations, cache_dir=cache_dir,
+                            local_files_only=bool(local_files_only), token=token, shards=files == "records")
+    except StoreError as err:
+        raise _with_path_note(err, spec) from err.__cause__
+
+
+def resolve_manifest_file(folder: Path) -> Path:
+    """``folder/manifest.json``, or a StoreError saying what the folder is."""
+    if not (folder / _MANIFEST).is_file():
+        raise StoreError(f"reinforcements={str(folder)!r}: the folder has no {_MANIFEST}; point to the folder "
+                         "written by the builder (an unfinished build has no manifest: rerun it to completion)")
+    return folder / _MANIFEST
+
+
+def open_reinforcements(reinforcements, num_augmentations: int | None = None, *, files: str = "records",
+                        **hub_kwargs):
+    """An opened :class:`~imagenet_plus.store.ReinforcementStore` from a spec (see :func:`resolve_store`) or a store.
+
+    An opened store is returned as is (reopened if it was opened with another ``num_augmentations``).
+    With ``files="identity"`` the store is opened without its shards (``check_files=False``): keys,
+    labels and identities only. ``hub_kwargs``: ``revision``, ``cache_dir``, ``local_files_only``, ``token``.
+    """
+    from .store import ReinforcementStore, open_store
+
+    if isinstance(reinforcements, ReinforcementStore):
+        if num_augmentations is None or num_augmentations == reinforcements.num_augmentations:
+            return reinforcements
+        return open_store(reinforcements.root, num_augmentations=num_augmentations)
+    path = resolve_store(reinforcements, num_augmentations, files=files, **hub_kwargs)
+    if files == "identity":
+        return open_store(path, check_files=False)
+    return open_store(path, num_augmentations=num_augmentations)
+
+
 def resolve_manifest(spec, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                      local_files_only: bool | None = None, token: str | bool | None = None) -> Path:
     """The ``manifest.json`` of a store spec, downloading only that file from the Hub.
@@ -271,17 +344,8 @@ def resolve_manifest(spec, *, revision: str | None = None, cache_dir: str | os.P
     Raises:
         StoreError: as :func:`resolve_reinforcements`.
     """
-    folder, repo_id, rev = _parse_spec(spec, revision)
-    if folder is not None:
-        if not (folder / _MANIFEST).is_file():
-            raise StoreError(f"reinforcements={str(folder)!r}: the folder has no {_MANIFEST}; point to the folder "
-                             "written by the builder (an unfinished build has no manifest: rerun it to completion)")
-        return folder / _MANIFEST
-    try:
-        return _download_manifest(repo_id, rev, cache_dir=cache_dir, local_files_only=bool(local_files_only),
-                                  token=token)
-    except StoreError as err:
-        raise _with_path_note(err, spec) from err.__cause__
+    return resolve_store(spec, files="manifest", revision=revision, cache_dir=cache_dir,
+                         local_files_only=local_files_only, token=token) / _MANIFEST
 
 
 def resolve_identity(spec, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
@@ -291,14 +355,8 @@ def resolve_identity(spec, *, revision: str | None = None, cache_dir: str | os.P
     Enough to check samples' identities (keys, labels, sizes, fingerprints) without the records:
     open it with ``open_store(path, check_files=False)``. Arguments as :func:`resolve_reinforcements`.
     """
-    folder, repo_id, rev = _parse_spec(spec, revision)
-    if folder is not None:
-        return _resolve_local(folder, None, shards=False)
-    try:
-        return _resolve_hub(repo_id, rev, None, cache_dir=cache_dir, local_files_only=bool(local_files_only),
-                            token=token, shards=False)
-    except StoreError as err:
-        raise _with_path_note(err, spec) from err.__cause__
+    return resolve_store(spec, files="identity", revision=revision, cache_dir=cache_dir,
+                         local_files_only=local_files_only, token=token)
 
 
 def resolve_reinforcements(spec, num_augmentations: int | None = None, *, revision: str | None = None,
@@ -306,15 +364,7 @@ def resolve_reinforcements(spec, num_augmentations: int | None = None, *, revisi
                            token: str | bool | None = None) -> Path:
     """Resolve a store spec to a local folder holding the files needed for ``num_augmentations``.
 
-    Args:
-        spec: a local store folder, ``"org/name"`` or ``"org/name@revision"`` (a Hub dataset repo),
-            or a dataset name of :data:`DEFAULT_REPOS` (its default repo).
-        num_augmentations: augmentations per sample that will be read (``None``: all stored). From the
-            Hub, only the shards covering ``[0, num_augmentations)`` are downloaded.
-        revision: branch, tag or commit of the repo (default ``main``; or write ``org/name@revision``).
-        cache_dir: the Hugging Face cache (default ``HF_HUB_CACHE``).
-        local_files_only: never touch the network, read the cache only (``None``: ``HF_HUB_OFFLINE``).
-        token: Hub token for private repos (default: the saved login).
+    Arguments as :func:`resolve_store` (which this is, with ``files="records"``).
 
     Returns:
         The store folder (for a repo, its snapshot folder in the cache). It may hold a subset of the
@@ -328,21 +378,12 @@ def resolve_reinforcements(spec, num_augmentations: int | None = None, *, revisi
         >>> path = resolve_reinforcements("imagenet-plus/imagenet-plus@v1", num_augmentations=50)
         >>> store = open_store(path, num_augmentations=50)
     """
-    folder, repo_id, rev = _parse_spec(spec, revision)
-    if folder is not None:
-        if revision is not None:
-            raise StoreError(f"revision={revision!r} applies to Hub repos, but reinforcements={str(spec)!r} is a local "
-                             "folder; drop revision= or pass the repo id")
-        return _resolve_local(folder, num_augmentations)
-    try:
-        return _resolve_hub(repo_id, rev, num_augmentations, cache_dir=cache_dir,
-                            local_files_only=bool(local_files_only), token=token)
-    except StoreError as err:
-        raise _with_path_note(err, spec) from err.__cause__
+    return resolve_store(spec, num_augmentations, revision=revision, cache_dir=cache_dir,
+                         local_files_only=local_files_only, token=token)
 
 
 def _with_path_note(err: StoreError, spec) -> StoreError:
     """Say that no local folder of that name exists either, when a Hub failure may hide a mistyped path."""
-    if err.__cause__ is None or not isinstance(spec, str) or "@" in spec or spec in DEFAULT_REPOS:
+    if err.__cause__ is None or not isinstance(spec, str) or "@" in spec or registry.default_repo(spec):
         return err
     return type(err)(f"{err} (there is no local folder {spec!r} either, relative to {os.getcwd()})")

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import _rng
-from ._checks import check_choice, check_int, check_probability
+from ._checks import check_choice, check_device, check_int, check_probability
 from .errors import PolicyError
 
 __all__ = ["SAMPLINGS", "DENSIFY_MODES", "SharedEpoch", "Chooser", "draw_seed", "original_params", "render",
@@ -413,10 +413,9 @@ class DeviceReplay:
         self.policy = policy if isinstance(policy, Policy) else create_policy(policy)
         self.num_classes = check_int(num_classes, "num_classes", low=1)
         self.densify = check_choice(densify, "densify", DENSIFY_MODES)
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise PolicyError(f"DeviceReplay(device={str(self.device)!r}): CUDA is not available on this machine; "
-                              "use device='cpu' or the dataset's CPU path")
+        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = check_device(device, f"DeviceReplay(device={str(device)!r})",
+                                   "use device='cpu' or the dataset's CPU path")
         self.non_blocking = non_blocking
 
     def __repr__(self) -> str:

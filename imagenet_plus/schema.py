@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ArgumentError
+
 __all__ = [
     "Field",
     "PROB_CODE_SCALE",
@@ -101,7 +103,8 @@ class Field:
 def id_bits(num_classes: int) -> int:
     """Bits per stored class id."""
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise ArgumentError(f"Invalid value {num_classes!r} for argument num_classes. Valid values are an integer "
+                            "in [1, inf].")
     return max(1, math.ceil(math.log2(num_classes)))
 
 
@@ -120,7 +123,8 @@ def encode_topk_ids(ids: np.ndarray, num_classes: int) -> np.ndarray:
     """Bit-pack ``ids[..., K]`` (ints in ``[0, num_classes)``) into ``uint8[..., ceil(K*b/8)]``."""
     ids = np.asarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
-        raise ValueError(f"class ids must lie in [0, {num_classes}), got range [{ids.min()}, {ids.max()}]")
+        raise ArgumentError(f"encode_topk_ids: class ids must lie in [0, {num_classes}), got range [{ids.min()}, "
+                            f"{ids.max()}]; pass num_classes covering every class the teacher predicts")
     b = id_bits(num_classes)
     k = ids.shape[-1]
     bits = (ids.astype(np.uint64)[..., None] >> np.arange(b, dtype=np.uint64)) & np.uint64(1)

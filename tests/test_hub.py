@@ -14,7 +14,7 @@ from fakes.hub_cache import populate_hub_cache, repo_files
 from fakes.store_fakes import write_fake_store
 from imagenet_plus import hub
 from imagenet_plus.errors import StoreError
-from imagenet_plus.hub import DEFAULT_REPOS, parse_repo_spec, required_files, resolve_manifest, resolve_reinforcements
+from imagenet_plus.hub import parse_repo_spec, required_files, resolve_manifest, resolve_reinforcements
 from imagenet_plus.store import open_store
 
 REPO = "imagenet-plus/cifar100-plus"
@@ -53,7 +53,7 @@ def test_parse_repo_spec():
     assert parse_repo_spec("org/name") == ("org/name", None)
     assert parse_repo_spec("org/name@v1") == ("org/name", "v1")
     assert parse_repo_spec("org/name@refs/pr/3") == ("org/name", "refs/pr/3")
-    assert parse_repo_spec("cifar100") == (DEFAULT_REPOS["cifar100"], None)
+    assert parse_repo_spec("cifar100") == ("imagenet-plus/cifar100-plus", None)
     assert parse_repo_spec("imagenet@v2") == ("imagenet-plus/imagenet-plus", "v2")
     for bad in ("not a repo", "org/", "org/name@", "a/b/c", "svhn"):
         with pytest.raises(StoreError, match="repo id|revision"):

@@ -23,3 +23,30 @@ def test_the_package_imports_nothing_of_the_repository():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
             for name in names:
                 assert name.split(".")[0] not in ("builders", "tests", "fakes", "examples", "benchmarks"), (path, name)
+
+
+def test_no_plain_value_error_in_the_package():
+    """A user's mistake raises one of imagenet_plus.errors' classes (issue #16), never a bare ValueError."""
+    bad = []
+    for path in (ROOT / "imagenet_plus").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            exc = node.exc.func if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) else \
+                node.exc if isinstance(node, ast.Raise) else None
+            if isinstance(exc, ast.Name) and exc.id == "ValueError":
+                bad.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno}")
+    assert not bad, bad
+
+
+def test_the_same_mistake_raises_the_same_class():
+    import pytest
+
+    from imagenet_plus.augment import ops
+    from imagenet_plus.errors import ArgumentError, PolicyError
+    from imagenet_plus.schema import encode_topk_ids, id_bits
+
+    with pytest.raises(ArgumentError, match="argument num_classes"):
+        id_bits(0)
+    with pytest.raises(ArgumentError, match=r"class ids must lie in \[0, 3\)"):
+        encode_topk_ids([[0, 5]], 3)
+    with pytest.raises(PolicyError, match="unknown RandAugment op 'Blur'"):
+        ops.ra_magnitude("Blur", 1, 31, 8, 8, False)

@@ -168,7 +168,7 @@ def test_bad_batches_raise_policy_error(imgs):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the error case cannot occur")
 def test_device_replay_on_cuda_without_cuda_fails_at_construction():
-    with pytest.raises(PolicyError, match="CUDA is not available"):
+    with pytest.raises(ArgumentError, match="CUDA is not available"):
         DeviceReplay(create_policy("rrc", output_size=S), 10, device="cuda")
 
 

@@ -4,7 +4,9 @@ An adapter wraps one dataset object (a torchvision dataset, or your own class) a
 package, in one place:
 
 * its ``name`` (the store's ``manifest.dataset``), its ``splits`` and which one is trained on,
-  its default Hub repo, and whether its images may be redistributed (Parquet export);
+  its default Hub repo, and whether its images may be redistributed (Parquet export): for the
+  package's datasets these come from :mod:`imagenet_plus.registry`, set on the class when it is
+  defined (a class body that contradicts its entry is refused);
 * how to create the dataset from ``(root, split)`` (:meth:`DatasetAdapter.create`);
 * every sample's ``key`` (a stable name: a relative path, or ``"{split}/{index}"``) and
   ``label``, read from the dataset's metadata without decoding images;
@@ -42,6 +44,7 @@ from PIL import Image
 from ..errors import AlignmentError, ImageDecodeError
 from ..identity import digest_array, digest_bytes
 from ..imageio import decode_bytes, to_rgb_image
+from ..registry import bind_adapter
 
 __all__ = ["LoadedSample", "DatasetAdapter", "FileAdapter", "ArrayAdapter", "KeyedAdapter", "relative_key"]
 
@@ -71,18 +74,24 @@ class DatasetAdapter:
         split: its split name (``None``: the adapter reads it from the dataset where it can).
     """
 
-    #: Name recorded as the store's ``manifest.dataset`` ("imagenet", "cifar100", ...).
+    #: Name recorded as the store's ``manifest.dataset`` ("imagenet", "cifar100", ...). For a dataset
+    #: of :mod:`imagenet_plus.registry`, the attributes below are set from its entry (one table).
     name: ClassVar[str] = ""
     #: Human-readable name (dataset cards, messages).
     pretty_name: ClassVar[str] = ""
-    #: Valid splits, and the one reinforcements are built for.
+    #: Valid splits, the one reinforcements are built for, the one students are evaluated on.
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     train_split: ClassVar[str] = "train"
+    eval_split: ClassVar[str] = "test"
     #: Whether the dataset's licence lets the Parquet export / Hub repo carry its images: ``True``,
     #: ``False`` (forbidden: never exported) or ``None`` (unknown: the publisher decides with ``--images``).
     redistributable: ClassVar[bool | None] = None
     #: The package's Hub repo of this dataset's reinforcements (``None``: none published).
     default_repo: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        bind_adapter(cls)  # a registered dataset's class takes its splits, repo, licence from the registry
 
     def __init__(self, dataset: Any, split: str | None = None) -> None:
         self.dataset = dataset

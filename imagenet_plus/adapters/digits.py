@@ -94,9 +94,6 @@ class DigitsAdapter(ArrayAdapter):
     """:class:`Digits`: the digest covers the raw 8x8 scan; the image size records ``image_size``."""
 
     name = "digits"
-    pretty_name = "Digits+"
-    redistributable = True
-    default_repo = "imagenet-plus/digits-plus"
 
     @classmethod
     def create(cls, root, split: str = "train", *, image_size: int = 32, **kwargs: Any) -> "DigitsAdapter":

@@ -11,6 +11,8 @@ Food-101            ``apple_pie/1005649.jpg``                    yes
 ImageFolder         path relative to the folder (``cat/1.jpg``)  no (unknown licence)
 ==================  ===========================================  ==========================
 
+Their names, splits, default repos and licences are :mod:`imagenet_plus.registry`'s entries.
+
 Every file-backed dataset is read and decoded by the package (see
 :func:`imagenet_plus.imageio.decode_bytes`), not by torchvision's loader; the dataset
 object supplies only the file list, the labels and the class names.
@@ -29,9 +31,6 @@ from .base import ArrayAdapter, FileAdapter
 
 __all__ = ["ImageNetAdapter", "CIFAR100Adapter", "CIFAR10Adapter", "Flowers102Adapter", "Food101Adapter",
            "ImageFolderAdapter"]
-
-_ORG = "imagenet-plus"  # organisation of the package's default Hub repos (placeholder until published)
-
 
 def _tvd():
     import torchvision.datasets as tvd
@@ -69,8 +68,6 @@ class ImageFolderAdapter(FileAdapter):
     """Any ``torchvision.datasets.ImageFolder`` / ``DatasetFolder``: keys are paths relative to its root."""
 
     name = "imagefolder"
-    pretty_name = "ImageFolder"
-    splits = ("train", "val", "test")
 
     @classmethod
     def create(cls, root, split: str = "train", **kwargs: Any) -> "ImageFolderAdapter":
@@ -102,10 +99,6 @@ class ImageNetAdapter(ImageFolderAdapter):
     """ImageNet 2012: torchvision's ``ImageNet`` (devkit layout) or class folders ``root/{train,val}/<wnid>/``."""
 
     name = "imagenet"
-    pretty_name = "ImageNet+"
-    splits = ("train", "val")
-    redistributable = False  # ImageNet's terms of access forbid redistributing its images
-    default_repo = f"{_ORG}/imagenet-plus"
     _devkit = ("ILSVRC2012_devkit_t12.tar.gz", "meta.bin")
 
     @classmethod
@@ -135,22 +128,33 @@ class ImageNetAdapter(ImageFolderAdapter):
         return list(wnids) if wnids is not None else super().classes
 
 
-class CIFAR100Adapter(ArrayAdapter):
-    """``torchvision.datasets.CIFAR100``: 32x32 RGB arrays, keys ``"{split}/{index}"``."""
+class _TorchvisionClass:
+    """Created as torchvision's class ``_cls`` over ``(root, split)``, and matched by it."""
 
-    name = "cifar100"
-    pretty_name = "CIFAR-100+"
-    redistributable = True
-    default_repo = f"{_ORG}/cifar100-plus"
-    _cls = "CIFAR100"
+    _cls = ""
 
     @classmethod
-    def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any) -> "CIFAR100Adapter":
-        return _create_torchvision(cls, root, split, download, {"train": split == "train"}, **kwargs)
+    def _split_kwargs(cls, split: str) -> dict:
+        return {"split": split}
+
+    @classmethod
+    def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any):
+        return _create_torchvision(cls, root, split, download, cls._split_kwargs(split), **kwargs)
 
     @classmethod
     def matches(cls, dataset: Any) -> bool:
-        return isinstance(dataset, getattr(_tvd(), cls._cls))  # CIFAR100 is matched first (a CIFAR10 subclass)
+        return isinstance(dataset, getattr(_tvd(), cls._cls))
+
+
+class CIFAR100Adapter(_TorchvisionClass, ArrayAdapter):
+    """``torchvision.datasets.CIFAR100``: 32x32 RGB arrays, keys ``"{split}/{index}"``."""
+
+    name = "cifar100"
+    _cls = "CIFAR100"  # matched before CIFAR10 (the registry's order), of which it is a subclass
+
+    @classmethod
+    def _split_kwargs(cls, split: str) -> dict:
+        return {"train": split == "train"}
 
     def _split_of(self, dataset: Any) -> str | None:
         return "train" if dataset.train else "test"
@@ -166,23 +170,11 @@ class CIFAR10Adapter(CIFAR100Adapter):
     """``torchvision.datasets.CIFAR10``."""
 
     name = "cifar10"
-    pretty_name = "CIFAR-10+"
-    default_repo = None
     _cls = "CIFAR10"
 
 
-class _TorchvisionFiles(FileAdapter):
+class _TorchvisionFiles(_TorchvisionClass, FileAdapter):
     """Shared body of torchvision's file datasets that list ``_image_files`` and ``_labels``."""
-
-    _cls = ""
-
-    @classmethod
-    def create(cls, root, split: str = "train", *, download: bool = False, **kwargs: Any) -> "_TorchvisionFiles":
-        return _create_torchvision(cls, root, split, download, {"split": split}, **kwargs)
-
-    @classmethod
-    def matches(cls, dataset: Any) -> bool:
-        return isinstance(dataset, getattr(_tvd(), cls._cls))
 
     def _split_of(self, dataset: Any) -> str | None:
         return dataset._split
@@ -201,10 +193,6 @@ class Flowers102Adapter(_TorchvisionFiles):
     """``torchvision.datasets.Flowers102``: keys ``image_00001.jpg``."""
 
     name = "flowers102"
-    pretty_name = "Flowers-102+"
-    splits = ("train", "val", "test")
-    redistributable = True
-    default_repo = f"{_ORG}/flowers102-plus"
     _cls = "Flowers102"
 
 
@@ -212,7 +200,4 @@ class Food101Adapter(_TorchvisionFiles):
     """``torchvision.datasets.Food101``: keys ``apple_pie/1005649.jpg``."""
 
     name = "food101"
-    pretty_name = "Food-101+"
-    redistributable = True
-    default_repo = f"{_ORG}/food101-plus"
     _cls = "Food101"

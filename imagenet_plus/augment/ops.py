@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from ..errors import PolicyError
 from ._device import cached_upload, upload
 from .config import RA_OPS
 
@@ -54,7 +55,7 @@ def ra_magnitude(op: str, magnitude: int, num_bins: int, height: int, width: int
     elif op == "Solarize":
         bins = torch.linspace(1.0, 0.0, num_bins)
     else:
-        raise ValueError(f"unknown RandAugment op {op!r}; valid ops: {RA_OPS}")
+        raise PolicyError(f"unknown RandAugment op {op!r}; valid ops: {RA_OPS}; fix the policy config's op list")
     m = float(bins[magnitude])
     return -m if (negative and op in SIGNED_OPS) else m
 
@@ -290,7 +291,7 @@ def _torchvision_op(images: torch.Tensor, op: str, magnitude: float, interpolati
         return F.autocontrast(images)
     if op == "Equalize":
         return F.equalize(images)
-    raise ValueError(f"unknown RandAugment op {op!r}; valid ops: {RA_OPS}")
+    raise PolicyError(f"unknown RandAugment op {op!r}; valid ops: {RA_OPS}; fix the policy config's op list")
 
 
 def _sharpness(images: torch.Tensor, factor: float) -> torch.Tensor:

@@ -26,17 +26,18 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import ArgumentError, ReinforcementError
-from .config import DATASETS, PIXEL_PATHS, BuildConfig, load_config, merge_config
+from .. import registry
+from .._checks import check_device
+from ..errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ArgumentError, ReinforcementError
+from .config import PIXEL_PATHS, BuildConfig, load_config, merge_config
 
 __all__ = ["add_parser", "add_arguments", "config_from_args", "run", "run_build", "main", "resume_command"]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _PROG = "imagenet-plus build"
 
 #: (flag, setting, type, help) of every command-line flag; ``type`` None means a string.
 _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--dataset", "dataset", None, f"dataset kind: {{{', '.join(DATASETS)}}}"),
+    ("--dataset", "dataset", None, f"dataset kind: {{{', '.join(registry.names())}}}"),
     ("--data-root", "data_root", None, "the dataset's root folder in torchvision's layout (never downloaded)"),
     ("--split", "split", None, "dataset split (default train)"),
     ("--out", "out", None, "output folder: absent, empty, or this build unfinished (resumed)"),
@@ -54,7 +55,8 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--topk", "topk", "int?", "probabilities kept per record (default min(10, num_classes))"),
     ("--policy", "policy", None, "policy preset: rrc, rrc+mix, rrc+ra/re, rrc+mix+ra/re, cifar"),
     ("--image-size", "image_size", "int?", "the policy's output side (default: the policy's)"),
-    ("--source-size", "source_size", "int", "digits: side of the upsampled images"),
+    ("--source-size", "source_size", "int?",
+     "side of the images of a dataset that generates them (digits; default: the dataset's)"),
     ("--seed", "seed", "int", "the build seed"),
     ("--batch-size", "batch_size", "int", "teacher batch size"),
     ("--num-workers", "num_workers", "int", "DataLoader workers decoding and cropping"),
@@ -124,10 +126,8 @@ def _resolve_device(device: str, local_rank: int):
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    d = torch.device(device)
+    d = check_device(device, f"--device {device}", "use --device cpu")
     if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ArgumentError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         if d.index is None:
             d = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(d)
@@ -139,8 +139,7 @@ def _create_data(cfg: BuildConfig):
 
     from ..adapters import adapt, create_adapter
 
-    kwargs = {"image_size": cfg.source_size} if cfg.dataset == "digits" else {}
-    adapter = create_adapter(cfg.dataset, cfg.data_root, cfg.split, **kwargs)
+    adapter = create_adapter(cfg.dataset, cfg.data_root, cfg.split, image_size=cfg.source_size)
     if cfg.limit_samples is not None and cfg.limit_samples < len(adapter):
         return adapt(Subset(adapter.dataset, range(cfg.limit_samples)))
     return adapter

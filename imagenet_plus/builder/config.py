@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import registry
 from .._checks import check_choice, check_int
 from ..errors import ArgumentError
 
-__all__ = ["BuildConfig", "DATASETS", "DEVICES", "PIXEL_PATHS", "load_config", "merge_config", "check_config"]
+__all__ = ["BuildConfig", "DEVICES", "PIXEL_PATHS", "load_config", "merge_config", "check_config"]
 
-#: ``--dataset`` choices (the adapters' names).
-DATASETS = ("imagenet", "cifar100", "cifar10", "flowers102", "food101", "imagefolder", "digits")
 #: ``--pixel-path`` choices (see :func:`~imagenet_plus.builder.build_reinforcements`).
 PIXEL_PATHS = ("auto", "apply", "batched")
 DEVICES = ("auto", "cpu", "cuda")
@@ -34,7 +33,7 @@ class BuildConfig:
     """Everything a build needs (YAML keys and command-line flags share these names).
 
     Args:
-        dataset: one of :data:`DATASETS`.
+        dataset: a dataset of :mod:`imagenet_plus.registry`.
         data_root: the dataset's root folder, in torchvision's layout (never downloaded; unused for digits).
         split: dataset split (ImageFolder reads ``data_root/split`` when that folder exists, else ``data_root``).
         out: output folder of the store (absent, empty, or this build unfinished).
@@ -52,7 +51,8 @@ class BuildConfig:
         policy: a preset name (``rrc``, ``rrc+mix``, ``rrc+ra/re``, ``rrc+mix+ra/re``, ``cifar``) or a complete
             or partial policy config dict.
         image_size: the policy's output size (``None``: the policy's own).
-        source_size: side of the upsampled images (``digits`` only).
+        source_size: side of the images of a dataset that generates them (``digits``; ``None``: the
+            registry's default); refused for other datasets.
         seed: the build seed.
         batch_size: teacher batch size.
         num_workers: DataLoader workers decoding and cropping.
@@ -79,7 +79,7 @@ class BuildConfig:
     topk: int | None = None
     policy: Any = "rrc+ra/re"
     image_size: int | None = None
-    source_size: int = 32
+    source_size: int | None = None
     seed: int = 0
     batch_size: int = 256
     num_workers: int = 8
@@ -96,8 +96,8 @@ FIELDS = tuple(f.name for f in dataclasses.fields(BuildConfig))
 _INTS = {"teacher_input_size": 1, "num_classes": 1, "num_augmentations": 1, "topk": 1, "image_size": 1,
          "source_size": 8, "seed": 0, "batch_size": 1, "num_workers": 0, "samples_per_shard": 1,
          "augs_per_shard": 1, "limit_samples": 1}
-_OPTIONAL_INTS = ("teacher_input_size", "num_classes", "topk", "image_size", "samples_per_shard", "augs_per_shard",
-                  "limit_samples")
+_OPTIONAL_INTS = ("teacher_input_size", "num_classes", "topk", "image_size", "source_size", "samples_per_shard",
+                  "augs_per_shard", "limit_samples")
 _BOOLS = ("pretrained", "allow_new_head", "compile", "progress")
 _STRS = ("split", "device")
 _OPTIONAL_STRS = ("data_root", "out")
@@ -127,7 +127,7 @@ def check_config(cfg: BuildConfig, source: str) -> BuildConfig:
             v = getattr(cfg, name)
             if not (isinstance(v, str) or (v is None and name in _OPTIONAL_STRS)):
                 raise ArgumentError(f"Invalid value {v!r} for argument {name}. Valid values are a string.")
-        check_choice(cfg.dataset, "dataset", DATASETS)
+        check_choice(cfg.dataset, "dataset", registry.names())
         check_choice(cfg.pixel_path, "pixel_path", PIXEL_PATHS)
         _check_device(cfg.device, source)
         if not isinstance(cfg.policy, (str, dict)):

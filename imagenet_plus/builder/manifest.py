@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .. import __version__
+from .._files import json_default
 from ..identity import fingerprint
 from ..schema import Field
 from ..store import Manifest, ShardEntry, compute_build_id, digest_keys, write_manifest, write_samples
@@ -72,15 +73,9 @@ def create_manifest(*, dataset: str, split: str, plan: BuildPlan, topk: int, num
     return m
 
 
-def _json_number(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
 def build_settings(manifest: Manifest, keys: Sequence[str]) -> dict:
     """What ``.build/settings.json`` records: the build id, the settings it covers and the keys' digest."""
-    settings = json.loads(json.dumps(manifest.settings(), default=_json_number))
+    settings = json.loads(json.dumps(manifest.settings(), default=json_default))
     return {"build_id": manifest.build_id, "settings": settings, "keys_digest": digest_keys(keys)}
 
 

@@ -23,8 +23,8 @@ import os
 import sys
 from typing import Sequence
 
-from ..errors import ReinforcementError
-from ._common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from ..errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_USAGE, ReinforcementError
+from ._common import UsageError
 
 __all__ = ["main", "build_parser"]
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from .. import registry
 
 
 class UsageError(Exception):
@@ -14,29 +13,25 @@ class UsageError(Exception):
 
 
 def resolve_store(spec: str, *, revision: str | None = None, manifest_only: bool = False) -> Path:
-    """A local store folder, or a Hub repo id (``org/name[@revision]``) resolved by :mod:`imagenet_plus.hub`.
+    """A store folder, its ``manifest.json``, or a Hub repo id (``org/name[@revision]``): :func:`hub.resolve_store`.
 
-    With ``manifest_only`` a Hub store fetches ``manifest.json`` alone and its path is returned.
+    A local folder is returned as it is (``verify`` checks and reports its files itself). With
+    ``manifest_only`` only ``manifest.json`` is fetched, and its path is returned.
     """
-    p = Path(spec)
-    if p.is_file() and p.name == "manifest.json":
-        return p if manifest_only else p.parent
-    if p.is_dir():
-        return p
     from .. import hub
 
-    if manifest_only:
-        return Path(hub.resolve_manifest(spec, revision=revision))
-    return Path(hub.resolve_reinforcements(spec, revision=revision))
+    folder = hub.resolve_store(spec, files="manifest" if manifest_only else "records", check_local=manifest_only,
+                               revision=revision)
+    return folder / "manifest.json" if manifest_only else folder
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """``--data-root``, ``--dataset``, ``--split``, ``--check``: where the user's copy of the data is."""
+    rootless = ", ".join(i.name for i in registry.infos() if not i.needs_root)
     p.add_argument("--data-root", default=None,
-                   help="root of your copy of the base dataset, in torchvision's layout (not needed for digits)")
+                   help=f"root of your copy of the base dataset, in torchvision's layout (not needed for {rootless})")
     p.add_argument("--dataset", default=None,
-                   help="dataset name (default: the manifest's): imagenet, cifar100, cifar10, flowers102, food101, "
-                        "imagefolder, digits")
+                   help=f"dataset name (default: the manifest's): {', '.join(registry.names())}")
     p.add_argument("--split", default=None, help="dataset split (default: the manifest's)")
     p.add_argument("--check", default="exact", choices=("exact", "resized"),
                    help="identity check of your copy: exact (the build's files) or resized (a resized or "
@@ -45,26 +40,14 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def open_adapter(args: argparse.Namespace, store):
     """The adapter of the user's copy named by ``--dataset``/``--data-root``/``--split`` (manifest defaults)."""
-    from ..adapters import create_adapter
+    from ..adapters import create_store_adapter
 
-    m = store.manifest
-    dataset, split, root = args.dataset or m.dataset, args.split or m.split, args.data_root
+    dataset, root = args.dataset or store.manifest.dataset, args.data_root
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(f"--data-root {root}: no such folder; point it to your copy of the {dataset} data")
-    kwargs = {}
-    if dataset == "digits":  # the decoded size is recorded per sample
-        kwargs["image_size"] = int(store.image_sizes[0][0])
-    elif root is None:
+    if root is None and registry.dataset_info(dataset, "--dataset").needs_root:
         raise UsageError(f"--data-root is required for dataset {dataset!r} (the folder holding your copy)")
-    adapter = create_adapter(dataset, root, split, **kwargs)
-    limit = m.extra.get("limit_samples")
-    if limit is not None and int(limit) < len(adapter):
-        from torch.utils.data import Subset
-
-        from ..adapters import SubsetAdapter
-
-        adapter = SubsetAdapter(Subset(adapter.dataset, range(int(limit))), adapter)
-    return adapter
+    return create_store_adapter(store, root, dataset=dataset, split=args.split)
 
 
 def open_replay(args: argparse.Namespace, store):

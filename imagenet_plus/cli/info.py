@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .._files import human_bytes
-from ._common import EXIT_OK, resolve_store
+from ..errors import EXIT_OK
+from ._common import resolve_store
 
 
 def _teacher_name(teacher: dict) -> str:

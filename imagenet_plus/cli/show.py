@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ._common import EXIT_OK, UsageError, add_data_arguments, open_replay, positive_int, resolve_store
+from ..errors import EXIT_OK
+from ._common import UsageError, add_data_arguments, open_replay, positive_int
 
 
 def _caption(ids: np.ndarray, probs: np.ndarray, classes: Sequence[str] | None, k: int = 3) -> str:
@@ -27,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..store import open_store
+    from ..hub import open_reinforcements
 
-    store = open_store(resolve_store(args.store))
+    store = open_reinforcements(args.store)
     m = store.manifest
     if not 0 <= args.index < len(store):
         raise UsageError(f"--index {args.index}: out of range, the store has samples 0..{len(store) - 1}")

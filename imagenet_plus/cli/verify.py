@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ReinforcementError
-from ._common import EXIT_FAIL, EXIT_OK, UsageError, add_data_arguments, open_adapter, open_replay, positive_int, \
-    resolve_store
+from ..errors import EXIT_FAIL, EXIT_OK, ReinforcementError
+from ._common import UsageError, add_data_arguments, open_adapter, open_replay, positive_int, resolve_store
 
 
 def _load_teacher(args: argparse.Namespace, num_classes: int):

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImportFormatError
+from ..errors import ImportFormatError, short_repr as _short
 from ._config import MLDR_RA_OPS, SIGNED_OPS, Layout
 from ._unpickle import load_torch_file
 
@@ -91,11 +91,6 @@ class _Ctx:
         return ImportFormatError(f"{self.member}: {where}{self.whose}{what}{got}. The sample does not match the "
                                  f"'{self.layout.variant}' layout that {self.layout.config_member} describes; the "
                                  f"file is corrupt or from another archive: re-download the archive.")
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _first_bad(ok: np.ndarray) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImportFormatError
+from ..errors import ImportFormatError, short_repr as _short
 
 __all__ = ["MAX_PICKLE_BYTES", "NUMERIC_DTYPES", "load_pickle", "load_torch_file"]
 
@@ -147,11 +147,6 @@ class _Unpickler(pickle.Unpickler):
         raise ImportFormatError(f"{self._member}: the pickle holds a tensor storage (persistent id "
                                 f"{_short(pid)}); ml-dr's records hold no tensors, so this is not an ml-dr "
                                 f"reinforcement file. {_FIX}")
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _load_one(f: io.BytesIO, member: str) -> Any:

@@ -221,13 +221,16 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]
     try:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
+            raise IntegrityError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object; "
+                                 f"the file is corrupt: {REPAIR}")
         meta = header.pop("__metadata__", None) or {}
         base = 8 + n
         tensors = {}
         for name, t in header.items():
             b, e = (int(x) for x in t["data_offsets"])
             tensors[name] = TensorInfo(str(t["dtype"]), tuple(int(s) for s in t["shape"]), base + b, base + e)
+    except IntegrityError:
+        raise
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise IntegrityError(f"{path}: unreadable safetensors header ({e}); the file is corrupt: {REPAIR}") from e
     end = max((t.end for t in tensors.values()), default=8 + n)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._files import atomic_write_text
+from .._files import atomic_write_text, json_default
 from ..errors import StoreError
 from ..schema import Field, target_fields
 from ._format import (FORMAT_VERSION, MANIFEST_NAME, REPAIR, ROW_CRC_NAME, SAMPLES_NAME, check_relative_name,
@@ -414,9 +414,3 @@ def teacher_change(old: dict, new: dict) -> str | None:
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return f"the teacher's {', '.join(keys)} differ ({json.dumps({k: old.get(k) for k in keys}, default=str)} " \
            f"before, {json.dumps({k: new.get(k) for k in keys}, default=str)} now)"
-
-
-def json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
