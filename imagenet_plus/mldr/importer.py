@@ -36,6 +36,7 @@ import numpy as np
 
 from .._checks import check_choice, check_int
 from .._files import atomic_write_text, human_bytes
+from ..builder.config import available_cores
 from ..builder.manifest import build_settings, create_manifest, write_store_files
 from ..builder.outdir import shard_state_name
 from ..builder.plan import Shard, create_plan
@@ -203,7 +204,7 @@ def import_mldr(source: str | os.PathLike, out: str | os.PathLike, *, dataset: s
     """
     t0 = time.perf_counter()
     check_choice(dataset, "dataset", tuple(DATASETS))
-    workers = _all_cores() if workers is None else check_int(workers, "workers", low=0)
+    workers = available_cores() if workers is None else check_int(workers, "workers", low=0)
     if adapter is None:
         from ..adapters import create_adapter
 
@@ -216,21 +217,12 @@ def import_mldr(source: str | os.PathLike, out: str | os.PathLike, *, dataset: s
         fields, plan, pre = _plan_manifest(adapter, layout, archive, fp, samples_per_shard, augs_per_shard)
         keys = adapter.keys()
         folder = ImportFolder(Path(out), build_settings(pre, keys), plan)
-        if folder.inspect() == "finished":
-            if folder.has_state():  # killed after its manifest was written: only the clean-up was left
-                lock, _ = folder.claim(0)
-                with lock:
-                    open_store(folder.root)
-                    folder.remove_state()
+        lock = folder.take(0, finish_leftover=lambda: open_store(folder.root))
+        if lock is None:  # finished (by an earlier run, or another process meanwhile): nothing to do
             m = Manifest.load(folder.root)
             return ImportResult(folder.root, m, fp["bytes"], _store_bytes(folder.root, m), time.perf_counter() - t0,
                                 already_finished=True)
-        lock, state = folder.claim(0)
         with lock:
-            if state == "finished":  # another process finished it meanwhile
-                m = Manifest.load(folder.root)
-                return ImportResult(folder.root, m, fp["bytes"], _store_bytes(folder.root, m),
-                                    time.perf_counter() - t0, already_finished=True)
             try:
                 return _run(archive, layout, adapter, folder, pre, fields, keys, fp, workers=workers,
                             progress=progress, checkpoint_seconds=checkpoint_seconds, t0=t0)
@@ -302,12 +294,6 @@ def _final_manifest(pre: Manifest, sha: dict, keys) -> Manifest:
     m = dataclasses.replace(pre, extra={**pre.extra, "provenance": {**pre.extra["provenance"], **sha}})
     m.build_id = compute_build_id(m, digest_keys(keys))
     return m
-
-
-def _all_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _store_bytes(root: Path, m: Manifest) -> int:
