@@ -1,5 +1,9 @@
 """Turn a finished store into the folder published on the Hub: store + Parquet + dataset card.
 
+The store and Parquet part is the installed ``imagenet-plus export``
+(:func:`imagenet_plus.cli.export.export_store`); this script adds the card, whose templates
+live in the repository.
+
 The published folder, exactly as it sits in the Hub dataset repo::
 
     manifest.json, samples.safetensors, reinforcements/*.safetensors    the store
@@ -21,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,39 +261,7 @@ def write_card(folder: str | os.PathLike, manifest, *, repo_id: str, template: s
     return path
 
 
-# ---------------------------------------------------------------------------------------------- the folder
-def _link_store(src: Path, dst: Path, manifest, overwrite: bool) -> None:
-    """Hard-link (or copy) the store files of ``src`` into ``dst``; the manifest last."""
-    existing = dst / "manifest.json"
-    if existing.is_file() and existing.read_bytes() != (src / "manifest.json").read_bytes() and not overwrite:
-        raise ReinforcementError(f"{dst} already holds another store (its manifest.json differs); pass "
-                                 "--overwrite or export to an empty folder")
-    for rel in [manifest.samples_file.file, *(s.file for s in manifest.shards), "manifest.json"]:
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target.unlink()
-        try:
-            os.link(src / rel, target)
-        except OSError:
-            shutil.copy2(src / rel, target)
-
-
-def _open_base(config: ExportConfig, store):
-    """The adapter of the dataset the store was built from (``--data-root``; digits need none)."""
-    from torch.utils.data import Subset
-
-    from imagenet_plus.adapters import SubsetAdapter, create_adapter
-
-    m = store.manifest
-    kwargs = {"image_size": int(store.image_sizes[0][0])} if m.dataset == "digits" else {}
-    adapter = create_adapter(m.dataset, config.data_root, m.split, **kwargs)
-    limit = (m.extra or {}).get("limit_samples")
-    if limit is not None and limit < len(adapter):
-        adapter = SubsetAdapter(Subset(adapter.dataset, range(int(limit))), adapter)
-    return adapter
-
-
+# ---------------------------------------------------------------------------------------------- the export
 def main(config: ExportConfig, *, base=None) -> ExportResult:
     """Export a store: link it into the publish folder, write the Parquet files and the card.
 
@@ -302,31 +273,19 @@ def main(config: ExportConfig, *, base=None) -> ExportResult:
     Returns:
         An :class:`ExportResult`.
     """
-    from imagenet_plus.hf import export_parquet, images_forbidden
+    from imagenet_plus.cli.export import export_store
     from imagenet_plus.hub import DEFAULT_REPOS
-    from imagenet_plus.store import open_store, verify
+    from imagenet_plus.store import Manifest
 
     src = Path(config.store)
-    manifest = verify(src).manifest
     out = Path(config.out) if config.out else src
-    if out.resolve() != src.resolve():
-        _link_store(src, out, manifest, config.overwrite)
-    readable = base is not None or config.data_root is not None or manifest.dataset == "digits"
-    images = config.images
-    if images is None:
-        images = readable and not images_forbidden(manifest.dataset) and manifest.dataset != "imagefolder"
-    store = open_store(out)
-    if images and base is None:
-        if not readable:
-            raise ReinforcementError(f"images for {manifest.dataset!r} need --data-root (the dataset the store was "
-                                     "built from), or pass --no-images")
-        base = _open_base(config, store)
-    repo_id = config.repo_id or DEFAULT_REPOS.get(manifest.dataset) or f"<org>/{manifest.dataset}-plus"
     if (out / "README.md").exists() and not config.overwrite:
         raise ReinforcementError(f"{out / 'README.md'} exists; pass --overwrite to re-render the card")
-    files = export_parquet(store, out, base=base if images else None, images=bool(images),
-                           rows_per_group=config.rows_per_group, rows_per_file=config.rows_per_file,
-                           overwrite=config.overwrite, progress=config.progress)
+    out, files = export_store(src, out, base=base, data_root=config.data_root, images=config.images,
+                              rows_per_group=config.rows_per_group, rows_per_file=config.rows_per_file,
+                              overwrite=config.overwrite, progress=config.progress)
+    manifest = Manifest.load(out)
+    repo_id = config.repo_id or DEFAULT_REPOS.get(manifest.dataset) or f"<org>/{manifest.dataset}-plus"
     card = write_card(out, manifest, repo_id=repo_id, template=config.template)
     return ExportResult(out, files, card)
 
