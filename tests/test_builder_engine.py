@@ -228,8 +228,8 @@ def test_other_settings_are_refused_and_nothing_is_touched(reference, base, poli
     with pytest.raises(KeyboardInterrupt):
         _build(base, other, policy, Teacher(on_call=_interrupt_after(14)))  # after its first shards
     before = _digests(other)
-    with pytest.raises(BuildError, match=r"unfinished imagenet-plus build of other settings \(fields: .*; topk: 3 -> 4\); "
-                                         r"rerun it with its original settings to resume it"):
+    with pytest.raises(BuildError, match=r"unfinished imagenet-plus build of other settings \(fields: .*; "
+                                         r"topk: 3 -> 4\); rerun it with its original settings to resume it"):
         _build(base, other, policy, topk=4)
     assert _digests(other) == before
 

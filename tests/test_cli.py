@@ -241,5 +241,6 @@ def test_export_from_the_installed_package_loads_with_datasets(built, tmp_path):
     assert len(ds) == store.manifest.num_samples and "image" in ds.column_names  # digits may be redistributed
     assert ds["key"] == list(store.keys)
     item = ds.with_transform(create_transform(str(pub), seed=0))[0]
-    assert set(item) == {"pixel_values", "soft_target"} and float(item["soft_target"].sum()) == pytest.approx(1, abs=1e-5)
+    assert set(item) == {"pixel_values", "soft_target"}
+    assert float(item["soft_target"].sum()) == pytest.approx(1, abs=1e-5)
     assert main(["export", str(built["store"]), "--out", str(pub), "--no-progress"]) == 1  # Parquet exists
