@@ -1,5 +1,9 @@
 """Turn a finished store into the folder published on the Hub: store + Parquet + dataset card.
 
+The store and Parquet part is the installed ``imagenet-plus export``
+(:func:`imagenet_plus.cli.export.export_store`); this script adds the card, whose templates
+live in the repository.
+
 The published folder, exactly as it sits in the Hub dataset repo::
 
     manifest.json, samples.safetensors, reinforcements/*.safetensors    the store
@@ -21,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,31 +266,7 @@ def write_card(folder: str | os.PathLike, manifest, *, repo_id: str, template: s
     return path
 
 
-# ---------------------------------------------------------------------------------------------- the folder
-def _link_store(src: Path, dst: Path, manifest, overwrite: bool) -> None:
-    """Hard-link (or copy) the store files of ``src`` into ``dst``; the manifest last."""
-    existing = dst / "manifest.json"
-    if existing.is_file() and existing.read_bytes() != (src / "manifest.json").read_bytes() and not overwrite:
-        raise ReinforcementError(f"{dst} already holds another store (its manifest.json differs); pass "
-                                 "--overwrite or export to an empty folder")
-    for rel in [manifest.samples_file.file, *(s.file for s in manifest.shards), "manifest.json"]:
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target.unlink()
-        try:
-            os.link(src / rel, target)
-        except OSError:
-            shutil.copy2(src / rel, target)
-
-
-def _open_base(config: ExportConfig, store):
-    """The adapter of the dataset the store was built from (``--data-root``; digits need none)."""
-    from imagenet_plus.adapters import create_store_adapter
-
-    return create_store_adapter(store, config.data_root)
-
-
+# ---------------------------------------------------------------------------------------------- the export
 def main(config: ExportConfig, *, base=None) -> ExportResult:
     """Export a store: link it into the publish folder, write the Parquet files and the card.
 
@@ -299,31 +278,19 @@ def main(config: ExportConfig, *, base=None) -> ExportResult:
     Returns:
         An :class:`ExportResult`.
     """
-    from imagenet_plus.hf import export_parquet
-    from imagenet_plus.store import open_store, verify
+    from imagenet_plus.cli.export import export_store
+    from imagenet_plus.store import Manifest
 
     src = Path(config.store)
-    manifest = verify(src).manifest
     out = Path(config.out) if config.out else src
-    if out.resolve() != src.resolve():
-        _link_store(src, out, manifest, config.overwrite)
-    info = _info(manifest.dataset)
-    readable = base is not None or config.data_root is not None or (info is not None and not info.needs_root)
-    images = config.images
-    if images is None:  # by default only where the licence allows it (an unknown licence: pass --images)
-        images = readable and info is not None and info.redistributable is True
-    store = open_store(out)
-    if images and base is None:
-        if not readable:
-            raise ReinforcementError(f"images for {manifest.dataset!r} need --data-root (the dataset the store was "
-                                     "built from), or pass --no-images")
-        base = _open_base(config, store)
-    repo_id = config.repo_id or (info and info.default_repo) or f"<org>/{manifest.dataset}-plus"
     if (out / "README.md").exists() and not config.overwrite:
         raise ReinforcementError(f"{out / 'README.md'} exists; pass --overwrite to re-render the card")
-    files = export_parquet(store, out, base=base if images else None, images=bool(images),
-                           rows_per_group=config.rows_per_group, rows_per_file=config.rows_per_file,
-                           overwrite=config.overwrite, progress=config.progress)
+    out, files = export_store(src, out, base=base, data_root=config.data_root, images=config.images,
+                              rows_per_group=config.rows_per_group, rows_per_file=config.rows_per_file,
+                              overwrite=config.overwrite, progress=config.progress)
+    manifest = Manifest.load(out)
+    info = _info(manifest.dataset)
+    repo_id = config.repo_id or (info and info.default_repo) or f"<org>/{manifest.dataset}-plus"
     card = write_card(out, manifest, repo_id=repo_id, template=config.template)
     return ExportResult(out, files, card)
 

@@ -243,13 +243,34 @@ def _parse_spec(spec, revision: str | None) -> tuple[Path | None, str | None, st
     return None, repo_id, spec_revision or revision
 
 
+def _unreachable(repo_id: str, revision: str | None, token) -> Exception | None:
+    """One ``HEAD`` of the manifest, without retries: the error when the Hub gave no answer, else ``None``.
+
+    ``hf_hub_download`` retries a connection error with a backoff (about 23 s) before it gives up;
+    a Hub that cannot be reached at all is reported at once instead.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, _MANIFEST, repo_type=REPO_TYPE, revision=revision), token=token)
+    except (HfHubHTTPError, ValueError):  # the Hub answered (404, 401, ...), or a bad id: hf_hub_download says which
+        return None
+    except Exception as err:  # no answer at all: DNS, connection refused, connect timeout, proxy
+        return err
+    return None
+
+
 def _download_manifest(repo_id: str, revision: str | None, *, cache_dir, local_files_only: bool, token) -> Path:
     from huggingface_hub import hf_hub_download
 
+    down = None if _offline(local_files_only) else _unreachable(repo_id, revision, token)
     try:
         return Path(hf_hub_download(repo_id, _MANIFEST, repo_type=REPO_TYPE, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token))
+                                    local_files_only=local_files_only or down is not None, token=token))
     except (OSError, ValueError) as err:  # every huggingface_hub error is one of these
+        if down is not None:
+            raise _no_connection(down, repo_id, revision, cache_dir) from down
         raise _hub_error(err, repo_id, revision, _MANIFEST, _offline(local_files_only), cache_dir) from err
 
 
@@ -330,6 +351,16 @@ def open_reinforcements(reinforcements, num_augmentations: int | None = None, *,
     if files == "identity":
         return open_store(path, check_files=False)
     return open_store(path, num_augmentations=num_augmentations)
+
+
+def _no_connection(err: Exception, repo_id: str, revision: str | None, cache_dir) -> StoreError:
+    from huggingface_hub import constants
+
+    cache = str(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
+    return StoreError(f"the Hugging Face Hub ({constants.ENDPOINT}) could not be reached for dataset repo "
+                      f"'{repo_id}' at revision '{revision or 'main'}' ({err.__class__.__name__}: {err}) and its "
+                      f"{_MANIFEST} is not in the Hugging Face cache ({cache}); check your connection and retry, "
+                      "or pass a local folder")
 
 
 def resolve_manifest(spec, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,

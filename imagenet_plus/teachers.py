@@ -280,7 +280,8 @@ def _load_checkpoint(model: nn.Module, spec: TeacherSpec, state: dict, allow_new
         else:
             got = _checkpoint_num_classes(state, head)
             what = f"has a classifier head for {got} classes but num_classes is {model.num_classes}"
-            fix = f"pass --num-classes {got} to use its trained head"
+            fix = (f"use a checkpoint trained on {model.num_classes} classes (--num-classes cannot change a trained "
+                   f"head; leave it out only if your data has the checkpoint's {got} classes)")
         raise BuildError(f"teacher checkpoint {spec.checkpoint} (of {spec.name!r}) {what}: the model's head would be "
                          f"randomly initialised and the teacher's probabilities would be noise; {fix}, or pass "
                          f"{_NEW_HEAD_FLAG} for fine-tuning workflows")

@@ -64,7 +64,7 @@ def test_a_teacher_of_other_classes_is_refused_before_any_work(folder, tmp_path)
     teacher = Teacher(5)
     with pytest.raises(BuildError, match=r"the teacher has 5 classes but the dataset imagefolder has 3 \(n01440764, "
                                          r"n01443537, n01484850\); a store of 5 classes would be refused by "
-                                         r"ReinforcedDataset.*--num-classes 3"):
+                                         r"ReinforcedDataset. Use a teacher trained on the dataset's 3 classes"):
         _build(data, tmp_path / "out", teacher)
     with pytest.raises(BuildError, match="the teacher has 5 classes but num_classes is 3"):
         _build(data, tmp_path / "out", teacher, num_classes=3)
@@ -165,3 +165,51 @@ def test_a_second_build_of_the_same_folder_is_refused_while_the_first_runs(tmp_p
     assert "error" not in result, result.get("error")
     assert result["manifest"].num_samples == 12 and (tmp_path / "out" / "manifest.json").is_file()
     assert not (tmp_path / "out" / ".build").exists()
+
+
+def test_the_class_count_advice_is_the_same_with_and_without_num_classes(folder, tmp_path, capsys):
+    """A 5-class checkpoint over a 3-class folder: both runs advise a teacher trained on 3 classes, never a circle."""
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    from imagenet_plus.builder.cli import main
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "t.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet", num_classes=5).state_dict().items()},
+              str(ckpt))
+    ckpt.with_suffix(".json").write_text(json.dumps({"model": "test_resnet", "num_classes": 5,
+                                                     "input_size": [3, S, S]}))
+    argv = ["--dataset", "imagefolder", "--data-root", str(folder.root), "--out", str(tmp_path / "out"),
+            "--teacher", "test_resnet", "--teacher-checkpoint", str(ckpt), "--num-augmentations", "2",
+            "--device", "cpu", "--num-workers", "0", "--progress", "false"]
+    errors = []
+    for extra in ([], ["--num-classes", "3"]):
+        assert main(argv + extra) == 1
+        errors.append(capsys.readouterr().err)
+    for err in errors:
+        assert "trained on" in err and "3 classes" in err and "--num-classes 5" not in err, err
+        assert "(--num-classes 3)" not in err and "pass --num-classes 3" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cores, want", [(2, 2), (1, 1), (64, 8)])
+def test_the_default_worker_count_is_what_the_machine_has(monkeypatch, cores, want):
+    """8 workers on a 2-core machine made torch warn about oversubscription; the default follows the cores."""
+    import warnings
+
+    import argparse
+
+    from imagenet_plus.builder.cli import add_arguments, config_from_args
+    from imagenet_plus.builder.config import BuildConfig
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    add_arguments(parser)
+    assert BuildConfig().num_workers == want and config_from_args(parser.parse_args([])).num_workers == want
+    loader = torch.utils.data.DataLoader(range(4), num_workers=BuildConfig().num_workers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.check_worker_number_rationality()

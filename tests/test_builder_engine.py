@@ -226,10 +226,10 @@ def test_other_settings_are_refused_and_nothing_is_touched(reference, base, poli
     assert _digests(out) == before
     other = tmp_path / "unfinished"
     with pytest.raises(KeyboardInterrupt):
-        _build(base, other, policy, Teacher(on_call=_interrupt_after(3)))
+        _build(base, other, policy, Teacher(on_call=_interrupt_after(14)))  # after its first shards
     before = _digests(other)
-    with pytest.raises(BuildError, match=r"unfinished build with other settings \(fields, topk differ\); rerun it "
-                                         r"with its original settings to resume it"):
+    with pytest.raises(BuildError, match=r"unfinished imagenet-plus build of other settings \(fields: .*; "
+                                         r"topk: 3 -> 4\); rerun it with its original settings to resume it"):
         _build(base, other, policy, topk=4)
     assert _digests(other) == before
 
@@ -519,3 +519,36 @@ def test_rerunning_a_finished_build_with_another_checkpoint_is_refused(base, pol
     (out / e.file).write_bytes((other / e.file).read_bytes())  # a shard of the other teacher's store copied in
     with pytest.raises(IntegrityError, match=rf"{e.file} was written with teacher .*another teacher"):
         open_store(out).record(e.samples[0], e.augs[0])
+
+
+def test_a_resume_with_another_shard_shape_names_the_changed_setting(base, policy, tmp_path):
+    out = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        _build(base, out, policy, Teacher(on_call=_interrupt_after(14)))  # after its first shards
+    before = _digests(out)
+    with pytest.raises(BuildError) as ei:
+        _build(base, out, policy, augs_per_shard=3)
+    msg = str(ei.value)
+    assert f"augs_per_shard: {APS} -> 3" in msg and "did not write" not in msg and "original settings" in msg, msg
+    assert _digests(out) == before
+
+
+def test_a_start_stopped_by_a_corrupt_image_does_not_block_the_corrected_rerun(policy, tmp_path):
+    from fakes.torchvision_data import make_imagefolder
+    from imagenet_plus.adapters import create_adapter
+    from imagenet_plus.errors import ImageDecodeError
+
+    data = tmp_path / "data"
+    make_imagefolder(data, classes=3, n_per_class=3, n_val_per_class=0)
+    bad = sorted((data / "train").rglob("*.*"))[1]
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "store"
+    kw = dict(policy=policy, teacher=Teacher(num_classes=3), num_augmentations=2, topk=2, seed=0,
+              teacher_desc={"model": "tiny"}, progress=False)
+    with pytest.raises(ImageDecodeError, match=bad.name):
+        build_reinforcements(create_adapter("imagefolder", data, "train"), out, **kw)
+    assert (out / ".build" / "settings.json").is_file() and not list((out / "reinforcements").iterdir())
+    bad.unlink()  # the fix: the corrupt file is removed (the dataset's sample keys change)
+    m = build_reinforcements(create_adapter("imagefolder", data, "train"), out, **kw)
+    assert m.num_samples == 8 and not (out / ".build").exists()
+    open_store(out)

@@ -63,7 +63,7 @@ def built(tmp_path_factory):
 def test_help_and_usage_errors(capsys):
     assert main(["--help"]) == 0
     assert "info" in capsys.readouterr().out
-    for cmd in ("info", "verify", "show"):
+    for cmd in ("info", "verify", "show", "export"):
         assert main([cmd, "--help"]) == 0
     assert main([]) == 2
     assert main(["frobnicate"]) == 2
@@ -301,3 +301,30 @@ def test_verify_into_a_closed_pipe_exits_quietly(built):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert len(r.stdout.splitlines()) == 2 and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
     assert r.returncode in (0, 141)
+
+
+def test_export_from_the_installed_package_loads_with_datasets(built, tmp_path):
+    """`imagenet-plus export`, run against a copy of imagenet_plus/ only (as a wheel installs it), then datasets."""
+    import shutil
+
+    import datasets
+
+    from imagenet_plus.hf import create_transform
+    from imagenet_plus.store import open_store
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "imagenet_plus", site / "imagenet_plus", ignore=shutil.ignore_patterns("__pycache__"))
+    pub = tmp_path / "pub"
+    r = subprocess.run([sys.executable, "-m", "imagenet_plus", "export", str(built["store"]), "--out", str(pub),
+                        "--no-progress"], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(site)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exported" in r.stdout and "load_dataset" in r.stdout, r.stdout
+    store = open_store(built["store"])
+    ds = datasets.load_dataset("parquet", data_files=str(pub / "data" / "*.parquet"), split="train")
+    assert len(ds) == store.manifest.num_samples and "image" in ds.column_names  # digits may be redistributed
+    assert ds["key"] == list(store.keys)
+    item = ds.with_transform(create_transform(str(pub), seed=0))[0]
+    assert set(item) == {"pixel_values", "soft_target"}
+    assert float(item["soft_target"].sum()) == pytest.approx(1, abs=1e-5)
+    assert main(["export", str(built["store"]), "--out", str(pub), "--no-progress"]) == 1  # Parquet exists

@@ -232,3 +232,37 @@ def test_online_errors(fake, tmp_path):
             resolve_reinforcements("org/no-store", cache_dir=cache)
         with pytest.raises(StoreError, match=r"num_augmentations=8: .*\[1, 7\]"):
             resolve_reinforcements(REPO, num_augmentations=8, cache_dir=cache)
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(fake, tmp_path, monkeypatch):
+    """A Hub that gives no answer used to be retried for about 23 s; now one attempt, then the clear error."""
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    from fakes.hub_server import FakeHub
+
+    class Unreachable(FakeHub):
+        def handler(self, request):
+            self.log.append((request.method, request.url.path))
+            raise httpx2.ConnectError("[Errno -3] Temporary failure in name resolution", request=request)
+
+    waits = []
+    monkeypatch.setattr(_http.time, "sleep", waits.append)  # the backoff's sleeps are counted, not waited
+    server = Unreachable()
+    with server.installed():
+        with pytest.raises(StoreError, match=r"could not be reached for dataset repo 'org/name' at revision 'main' "
+                                             r"\(ConnectError: .*name resolution\).*not in the Hugging Face cache"):
+            resolve_reinforcements("org/name", cache_dir=tmp_path / "hub")
+    assert len(server.log) == 1 and waits == [], (server.log, waits)
+
+
+def test_a_reachable_hub_is_asked_once_more_and_still_serves_the_store(fake, tmp_path):
+    from fakes.hub_server import FakeHub
+
+    server = FakeHub()
+    server.add_repo(REPO, fake.root)
+    with server.installed():
+        path = resolve_reinforcements(REPO, num_augmentations=3, cache_dir=tmp_path / "hub")
+    _assert_same_records(path, fake, 3)
+    heads = [p for m, p in server.log if m == "HEAD" and p.endswith("/manifest.json")]
+    assert len(heads) == 2, server.log  # the probe and hf_hub_download's own

@@ -257,3 +257,47 @@ def test_info_verify_and_show_work_on_an_imported_store(food, tmp_path, capsys):
     assert main(["show", str(out), "--data-root", str(root), "--index", "3", "--num", "3", "--out",
                  str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("change", ["augs_per_shard", "archive"])
+def test_a_killed_import_resumed_with_other_settings_names_the_change(food, tmp_path, monkeypatch, change):
+    from imagenet_plus.errors import BuildError
+    from imagenet_plus.mldr import importer
+
+    root, adapter, fa, ref = food
+    original = importer.write_shard
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(importer, "write_shard", interrupted)
+    out = tmp_path / "out"
+    kw = dict(dataset="food101", adapter=adapter, workers=0, progress=False, augs_per_shard=2, samples_per_shard=30)
+    with pytest.raises(KeyboardInterrupt):
+        import_mldr(fa.path, out, **kw)
+    monkeypatch.setattr(importer, "write_shard", original)
+    before = _digests(out)
+    source = fa.path
+    if change == "augs_per_shard":
+        kw["augs_per_shard"] = 3
+    else:
+        source = write_archive_for(tmp_path / "other.tar.gz", "food_101", adapter, ns=4, seed=4).path
+    with pytest.raises(BuildError) as ei:
+        import_mldr(source, out, **kw)
+    msg = str(ei.value)
+    needle = "augs_per_shard: 2 -> 3" if change == "augs_per_shard" else "extra.provenance.bytes"
+    assert needle in msg and "did not write" not in msg and "original settings" in msg, msg
+    assert _digests(out) == before
+
+
+def test_the_import_folder_uses_only_the_public_lifecycle_of_builder_outdir():
+    import ast
+
+    tree = ast.parse((ROOT / "imagenet_plus" / "mldr" / "_staging.py").read_text())
+    names = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+             and node.module.endswith("builder.outdir") for a in node.names]
+    assert names and all(not n.startswith("_") for n in names), names

@@ -140,7 +140,7 @@ def test_a_checkpoint_without_its_head_is_refused_unless_allowed(checkpoint, tmp
 def test_a_checkpoint_head_of_another_class_count_is_refused_unless_allowed(checkpoint):
     path, _, state = checkpoint
     with pytest.raises(BuildError, match=r"t.safetensors \(of 'test_resnet'\) has a classifier head for 4 classes "
-                                         r"but num_classes is 7.*pass --num-classes 4 to use its trained head, or "
+                                         r"but num_classes is 7.*use a checkpoint trained on 7 classes .*, or "
                                          r"pass --allow-new-head"):
         create_teacher([TeacherSpec("test_resnet", str(path))], num_classes=7)
     t = create_teacher([TeacherSpec("test_resnet", str(path))], num_classes=7, allow_new_head=True)

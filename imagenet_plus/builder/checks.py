@@ -40,18 +40,21 @@ def resolve_num_classes(adapter, teacher: Any, num_classes: int | None) -> int:
     teacher_nc = int(teacher_nc) if isinstance(teacher_nc, (int, np.integer)) else None
     data_nc = adapter.num_classes
     if given is not None and teacher_nc is not None and given != teacher_nc:
-        raise BuildError(f"the teacher has {teacher_nc} classes but num_classes is {given} (--num-classes); pass "
-                         "a teacher whose head has num_classes outputs")
+        raise BuildError(f"the teacher has {teacher_nc} classes but num_classes is {given} (--num-classes); use a "
+                         f"teacher trained on {given} classes (--num-classes cannot change a trained head)")
     nc = given if given is not None else teacher_nc if teacher_nc is not None else data_nc
     if nc is None:
         raise BuildError(f"cannot tell the number of classes: the dataset ({adapter!r}) does not list its classes "
                          "and the teacher does not say; pass num_classes (--num-classes)")
     if data_nc is not None and nc != data_nc:
         names = ", ".join(map(str, (adapter.classes or [])[:_SHOWN])) + (", ..." if data_nc > _SHOWN else "")
-        who = "the teacher has" if given is None else "num_classes is"
-        raise BuildError(f"{who} {nc} classes but the dataset {adapter.name or type(adapter.dataset).__name__} "
-                         f"has {data_nc} ({names}); a store of {nc} classes would be refused by ReinforcedDataset. "
-                         f"Use a teacher trained on the dataset's {data_nc} classes (--num-classes {data_nc})")
+        what = f"the dataset {adapter.name or type(adapter.dataset).__name__} has {data_nc} ({names})"
+        if given is None:
+            raise BuildError(f"the teacher has {nc} classes but {what}; a store of {nc} classes would be refused by "
+                             f"ReinforcedDataset. Use a teacher trained on the dataset's {data_nc} classes "
+                             "(--num-classes cannot change a trained head)")
+        raise BuildError(f"num_classes is {nc} (--num-classes) but {what}; a store of {nc} classes would be refused "
+                         f"by ReinforcedDataset. Pass --num-classes {data_nc} (the dataset's), or leave it out")
     return nc
 
 

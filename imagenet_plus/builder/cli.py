@@ -59,7 +59,8 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
      "side of the images of a dataset that generates them (digits; default: the dataset's)"),
     ("--seed", "seed", "int", "the build seed"),
     ("--batch-size", "batch_size", "int", "teacher batch size"),
-    ("--num-workers", "num_workers", "int", "DataLoader workers decoding and cropping"),
+    ("--num-workers", "num_workers", "int", "DataLoader workers decoding and cropping (default: the cores "
+                                           "this process may use, at most 8)"),
     ("--device", "device", None, "auto, cpu, cuda or cuda:N"),
     ("--pixel-path", "pixel_path", None, f"where the photometric stage runs: {{{', '.join(PIXEL_PATHS)}}}"),
     ("--samples-per-shard", "samples_per_shard", "int?", "samples per shard (default: fill the size cap)"),

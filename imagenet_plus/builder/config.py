@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,28 @@ from .. import registry
 from .._checks import check_choice, check_int
 from ..errors import ArgumentError
 
-__all__ = ["BuildConfig", "DEVICES", "PIXEL_PATHS", "load_config", "merge_config", "check_config"]
+__all__ = ["BuildConfig", "DEVICES", "PIXEL_PATHS", "load_config", "merge_config", "check_config",
+           "available_cores", "default_workers"]
 
 #: ``--pixel-path`` choices (see :func:`~imagenet_plus.builder.build_reinforcements`).
 PIXEL_PATHS = ("auto", "apply", "batched")
 DEVICES = ("auto", "cpu", "cuda")
+_MAX_DEFAULT_WORKERS = 8
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """The default DataLoader workers of a build: the cores this process may use, at most 8.
+
+    More workers than cores only oversubscribe the machine (torch warns about it).
+    """
+    return min(_MAX_DEFAULT_WORKERS, available_cores())
 
 
 @dataclass
@@ -55,7 +72,8 @@ class BuildConfig:
             registry's default); refused for other datasets.
         seed: the build seed.
         batch_size: teacher batch size.
-        num_workers: DataLoader workers decoding and cropping.
+        num_workers: DataLoader workers decoding and cropping (default: the cores this process may use,
+            at most 8).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``cuda:LOCAL_RANK`` under torchrun).
         pixel_path: ``auto``, ``apply`` or ``batched`` (where the photometric stage runs).
         samples_per_shard: samples per shard (``None``: fill the store's size cap).
@@ -82,7 +100,7 @@ class BuildConfig:
     source_size: int | None = None
     seed: int = 0
     batch_size: int = 256
-    num_workers: int = 8
+    num_workers: int = field(default_factory=default_workers)
     device: str = "auto"
     pixel_path: str = "auto"
     samples_per_shard: int | None = None

@@ -5,8 +5,9 @@
 1. **Refuse up front** (:mod:`~imagenet_plus.builder.checks`): class counts, keys, labels, ``topk``,
    the teacher's input size; nothing is written and no teacher runs when one fails.
 2. **Plan** (:mod:`~imagenet_plus.builder.plan`): the shard plan, this rank's shards.
-3. **Take the output folder** (:mod:`~imagenet_plus.builder.outdir`): absent, empty, this build
-   unfinished (resume) or finished (nothing to do); lock it; keep the finished shards.
+3. **Take the output folder** (:meth:`~imagenet_plus.builder.outdir.OutputFolder.take`, the lifecycle the
+   importer shares): absent, empty, this build unfinished (resume) or finished (nothing to do); lock it;
+   keep the finished shards.
 4. **Build** (:mod:`~imagenet_plus.builder.pipeline`, :mod:`~imagenet_plus.builder.teacher_run`):
    decode once, render, teacher batches, top-k, shards, each read back.
 5. **Finish** (rank 0, after every rank): samples file and manifest (last,
@@ -194,16 +195,10 @@ def _finish(b: _Build) -> tuple[Manifest, TeacherReport]:
     return manifest, report
 
 
-def _finish_leftover(b: _Build) -> Manifest:
-    """A finished store of these settings: nothing to build; a build killed after its manifest is checked and
-    cleaned up (rank 0)."""
-    if b.plan.rank == 0 and b.folder.has_state():
-        lock, _ = b.folder.claim(b.plan.rank)
-        with lock:
-            _, _, probes = _shard_states(b)
-            check_store(b.folder.root, b.adapter, b.policy, probes)
-            b.folder.remove_state()
-    return Manifest.load(b.folder.root)
+def _check_leftover(b: _Build) -> None:
+    """A build killed after its manifest: the read-back check its clean-up waited for (rank 0, under the lock)."""
+    _, _, probes = _shard_states(b)
+    check_store(b.folder.root, b.adapter, b.policy, probes)
 
 
 def _warn(lines: list[str]) -> None:
@@ -279,35 +274,32 @@ def build_reinforcements(data, out, *, policy, teacher: Callable[[torch.Tensor],
                  world_size=world_size, extra=extra)
     if world_size > 1:
         init_distributed(b.device, rank, world_size)  # no-op when the caller initialised it; fails fast otherwise
-    if b.folder.inspect() == "finished":
+    lock = b.folder.take(rank, finish_leftover=lambda: _check_leftover(b))
+    if lock is None:  # finished (by an earlier run, or another process meanwhile): nothing to do
         stats.already_finished = True
-        return _finish_leftover(b) if rank == 0 else None
+        return Manifest.load(b.folder.root) if rank == 0 else None
     if rank == 0:
         _warn(resize_warnings(b.input_pipeline))
-    return _build_locked(b, rank, world_size, t_start, batch_size=batch_size, num_workers=num_workers,
-                         pixel_path=pixel_path, progress=progress, stats=stats)
+    with lock:
+        return _build_locked(b, rank, world_size, t_start, batch_size=batch_size, num_workers=num_workers,
+                             pixel_path=pixel_path, progress=progress, stats=stats)
 
 
 def _build_locked(b, rank: int, world_size: int, t_start: float, *, batch_size: int, num_workers: int,
                   pixel_path: str, progress: bool, stats: BuildStats) -> Manifest | None:
-    """Take the folder's lock, build this rank's missing shards, and (rank 0) write the store's files last."""
-    lock, state = b.folder.claim(rank)
-    with lock:
-        if state == "finished":  # another process finished it meanwhile
-            stats.already_finished = True
-            return Manifest.load(b.folder.root) if rank == 0 else None
-        todo = _kept_shards(b, stats)
-        b.folder.remove_temp_files(b.plan.mine)
-        _run_pipeline(b, todo, batch_size=batch_size, num_workers=num_workers, pixel_path=pixel_path,
-                      progress=progress, stats=stats)
-        if world_size > 1:
-            barrier(b.device)
-        if rank != 0:
-            stats.seconds = time.perf_counter() - t_start
-            if progress:
-                print(f"[rank {rank}] {stats.summary()}", file=sys.stderr)
-            return None
-        manifest, report = _finish(b)
+    """Build this rank's missing shards, and (rank 0) write the store's files last (the folder is claimed)."""
+    todo = _kept_shards(b, stats)
+    b.folder.remove_temp_files(b.plan.mine)
+    _run_pipeline(b, todo, batch_size=batch_size, num_workers=num_workers, pixel_path=pixel_path,
+                  progress=progress, stats=stats)
+    if world_size > 1:
+        barrier(b.device)
+    if rank != 0:
+        stats.seconds = time.perf_counter() - t_start
+        if progress:
+            print(f"[rank {rank}] {stats.summary()}", file=sys.stderr)
+        return None
+    manifest, report = _finish(b)
     stats.bytes_written += manifest.samples_file.bytes + (b.folder.root / MANIFEST_NAME).stat().st_size
     stats.seconds = time.perf_counter() - t_start
     up_front = resize_warnings(b.input_pipeline)

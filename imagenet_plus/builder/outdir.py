@@ -4,8 +4,11 @@ Rules (nothing the builder did not create is ever deleted):
 
 * ``--out`` must be absent, empty, an unfinished build of the *same* settings
   (``.build/settings.json`` matches) or a finished store of the same settings (then there is
-  nothing to do). Anything else (another build's store, a folder of the user's files, a
-  ``.build/`` or ``reinforcements/*.tmp`` the builder did not write) is a
+  nothing to do). An unfinished build of *other* settings is refused naming each changed
+  setting (old -> new value), unless it did no work (its ``.build/`` holds only its settings and
+  lock, no shard was written): a run stopped before its first shard, e.g. by a corrupt image, does
+  not block its own rerun with corrected inputs. Anything else (another build's store, a folder of
+  the user's files, a ``.build/`` or ``reinforcements/*.tmp`` the builder did not write) is a
   :class:`~imagenet_plus.errors.BuildError` naming what is there and the fix; nothing is touched.
 * Only files the builder wrote are ever removed: its temporary files, recognised by their exact
   name (``.{name}.XXXXXXXX.tmp`` of :func:`imagenet_plus._files.atomic_write`, for the names of
@@ -13,6 +16,10 @@ Rules (nothing the builder did not create is ever deleted):
 * One build at a time per ``--out`` and rank: ``fcntl.flock`` on ``.build/rank-{rank}.lock``.
   The kernel drops the lock when its process dies (even by SIGKILL), so a killed build never
   leaves it stuck; a second build is refused with the first one's pid.
+
+The lifecycle every command that writes a store goes through (the build engine and
+``import-ml-dr``) is :meth:`OutputFolder.take`: inspect, finish a finished run's leftover clean-up,
+claim (lock, inspect again under the lock, record the settings), or report it finished.
 
 ``.build/`` holds ``settings.json`` (the settings this build's id covers), one identity part
 per sample block and one state file per finished shard (its manifest entry, agreement counts
@@ -26,7 +33,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from safetensors.numpy import save as _st_save
 
@@ -35,7 +42,8 @@ from ..errors import BuildError, StoreError
 from ..store import MANIFEST_NAME, SAMPLES_NAME, SHARD_DIR, Manifest, teacher_change
 from .plan import BuildPlan, Shard
 
-__all__ = ["STATE_DIR", "SETTINGS_NAME", "OutputFolder", "BuildLock", "identity_part_name", "shard_state_name"]
+__all__ = ["STATE_DIR", "SETTINGS_NAME", "OutputFolder", "BuildLock", "identity_part_name", "shard_state_name",
+           "describe_changes"]
 
 STATE_DIR = ".build"
 SETTINGS_NAME = "settings.json"
@@ -43,6 +51,7 @@ _BUILDER = "imagenet-plus build"
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's 8 random characters
 _LOCK_RE = re.compile(r"^rank-\d+\.lock$")
 _SHOWN = 5
+_VALUE_CHARS = 60
 
 
 def identity_part_name(s0: int, s1: int) -> str:
@@ -70,6 +79,31 @@ def _differences(have: dict, want: dict) -> list[str]:
     return sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
 
 
+def _flat(d, prefix: str = "") -> dict[str, object]:
+    """Nested dicts as ``{"a.b": value}`` (lists and scalars are leaves)."""
+    if not isinstance(d, dict) or not d:
+        return {prefix: d}
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _short(v: object) -> str:
+    text = "(absent)" if v is _ABSENT else json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= _VALUE_CHARS else text[:_VALUE_CHARS - 3] + "..."
+
+
+_ABSENT = object()
+
+
+def describe_changes(old: dict, new: dict) -> list[str]:
+    """Each setting that differs between two settings dicts, as ``"name: old -> new"`` (dotted names)."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {_short(a.get(k, _ABSENT))} -> {_short(b.get(k, _ABSENT))}"
+            for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+
+
 @dataclass
 class OutputFolder:
     """``--out`` of one build.
@@ -91,6 +125,7 @@ class OutputFolder:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self.created = not self.root.exists()  # discard() removes the folder itself only if this run made it
         self.settings = {"builder": self.builder, **self.settings}
         self._shards = {sh.file_name for sh in self.plan.shards}
         self._state = ({SETTINGS_NAME} | {identity_part_name(*b) for b in self.plan.sample_blocks}
@@ -104,9 +139,12 @@ class OutputFolder:
     def inspect(self) -> str:
         """``"new"`` (absent or empty), ``"resume"`` or ``"finished"``; raises for anything else.
 
+        An unfinished run of other settings that did no work (see the module docstring) counts as
+        ``"new"``: :meth:`claim` replaces its settings.
+
         Raises:
-            BuildError: the folder holds another build, a finished store of other settings, or files
-                the builder did not write (named, with the fix).
+            BuildError: the folder holds another build (each changed setting named, old -> new), a
+                finished store of other settings, or files the builder did not write (named, with the fix).
         """
         if not self.root.exists():
             return "new"
@@ -116,26 +154,41 @@ class OutputFolder:
             self._check_finished()
             return "finished"
         settings = self._read_settings()
+        if settings is not None and settings != self.settings:
+            if not self._did_no_work():
+                raise BuildError(self._other_settings(settings))
+            return "new"  # a start that wrote nothing but its settings: begin again with these
         foreign = self._foreign_entries(resume=settings is not None)
         if foreign:
             raise BuildError(f"--out {self.root} holds files this build did not write ({_listing(foreign)}); the "
                              "builder writes only into an absent or empty folder, or resumes its own unfinished "
                              "build there, and never deletes what it did not write: choose another --out, or move "
                              "those files away yourself")
-        if settings is None:
-            return "new"
-        diff = _differences(settings.get("settings", {}), self.settings["settings"])
+        return "new" if settings is None else "resume"
+
+    def _other_settings(self, settings: dict) -> str:
+        """The refusal of an unfinished run of other settings: each changed setting, its old and new value."""
+        changes = describe_changes(settings.get("settings", {}), self.settings["settings"])
         if settings.get("keys_digest") != self.settings["keys_digest"]:
-            diff.append("the dataset's sample keys")
-        if "teacher" in diff:
-            raise _teacher_error(self.root, "an unfinished build", settings.get("settings", {}).get("teacher"),
-                                 self.settings["settings"].get("teacher"), "to resume it")
-        if diff or settings != self.settings:
-            what = ", ".join(diff) or "build id"
-            raise BuildError(f"--out {self.root} holds an unfinished build with other settings ({what} differ); rerun "
-                             "it with its original settings to resume it, or choose another --out (the folder is "
-                             "left as it is)")
-        return "resume"
+            changes.append("the dataset's sample keys (files added, removed or renamed in the data folder)")
+        old_teacher, new_teacher = settings.get("settings", {}).get("teacher"), self.settings["settings"].get("teacher")
+        if old_teacher != new_teacher:
+            raise _teacher_error(self.root, "an unfinished build", old_teacher, new_teacher, "to resume it")
+        if not changes:
+            changes = [f"build_id: {settings.get('build_id')} -> {self.settings['build_id']}"]
+        return (f"--out {self.root} holds an unfinished {self.builder} of other settings ({'; '.join(changes)}); "
+                "rerun it with its original settings to resume it, or choose another --out for the new settings "
+                "(the folder is left as it is)")
+
+    def _did_no_work(self) -> bool:
+        """Whether the folder holds only an earlier start's settings and lock (no shard, no state of its work)."""
+        if any(p.name not in (STATE_DIR, SHARD_DIR) for p in self.root.iterdir()):
+            return False
+        shard_dir = self.root / SHARD_DIR
+        if shard_dir.exists() and (not shard_dir.is_dir() or any(shard_dir.iterdir())):
+            return False
+        return all(p.name == SETTINGS_NAME or _LOCK_RE.match(p.name) or _own_temp(p.name, {SETTINGS_NAME})
+                   for p in self.state_dir.iterdir())
 
     def has_state(self) -> bool:
         """Whether ``.build/`` holds this build's state (a build killed after writing its manifest)."""
@@ -193,6 +246,30 @@ class OutputFolder:
         return foreign
 
     # -- taking it -------------------------------------------------------------------------------------
+    def take(self, rank: int = 0, finish_leftover: Callable[[], None] | None = None) -> "BuildLock | None":
+        """The lifecycle of a run over this folder: ``None`` when it is finished, else the held lock.
+
+        A finished store with this run's state still in ``.build/`` (killed after its manifest) is claimed
+        by rank 0, ``finish_leftover()`` checks it, and the state is removed. Otherwise the folder is claimed
+        (:meth:`claim`); when another process finished it meanwhile, the lock is dropped and ``None`` returned.
+
+        Raises:
+            BuildError: see :meth:`inspect` and :meth:`claim`.
+        """
+        if self.inspect() == "finished":
+            if rank == 0 and self.has_state():
+                lock, _ = self.claim(rank)
+                with lock:
+                    if finish_leftover is not None:
+                        finish_leftover()
+                    self.remove_state()
+            return None
+        lock, state = self.claim(rank)
+        if state == "finished":  # another process finished it meanwhile
+            lock.release()
+            return None
+        return lock
+
     def claim(self, rank: int) -> tuple["BuildLock", str]:
         """Lock the folder for ``rank``, check it again under the lock, record the settings.
 
@@ -249,6 +326,17 @@ class OutputFolder:
             self.state_dir.rmdir()
         except OSError:  # not empty: something that is not the builder's stays, as it was
             pass
+
+    def discard(self) -> None:
+        """Remove every file this run wrote (shards, samples file, state), then its empty folders."""
+        self._remove_matching(self.root / SHARD_DIR, lambda n: n in self._shards or _own_temp(n, self._shards))
+        self._remove_matching(self.root, lambda n: n == SAMPLES_NAME or _own_temp(n, {SAMPLES_NAME, MANIFEST_NAME}))
+        self.remove_state()
+        for d in (self.root / SHARD_DIR, self.state_dir) + ((self.root,) if self.created else ()):
+            try:
+                d.rmdir()
+            except OSError:  # absent, or holds what this run did not write
+                pass
 
     @staticmethod
     def _remove_matching(folder: Path, own) -> None:

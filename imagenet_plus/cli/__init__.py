@@ -1,4 +1,4 @@
-"""The ``imagenet-plus`` command: ``info``, ``verify``, ``show``, ``build`` and ``import-ml-dr``.
+"""The ``imagenet-plus`` command: ``info``, ``verify``, ``show``, ``export``, ``build`` and ``import-ml-dr``.
 
 Usage::
 
@@ -7,6 +7,7 @@ Usage::
     imagenet-plus verify STORE --data-root DATA                 # every sample of your copy of the data
     imagenet-plus verify STORE --data-root DATA --teacher resnet18 --teacher-checkpoint t.safetensors
     imagenet-plus show STORE --data-root DATA --index 3 --out grid.png
+    imagenet-plus export STORE --data-root DATA                 # STORE/data/*.parquet for datasets
     imagenet-plus build --dataset imagefolder --data-root DATA --teacher ... --out STORE
     imagenet-plus import-ml-dr ARCHIVE --dataset imagenet --data-root DATA --out STORE
 
@@ -33,7 +34,7 @@ EXIT_PIPE = 141
 
 # Each command's module exposes add_parser(subparsers) and sets func; heavy imports stay inside run().
 _COMMANDS = ("imagenet_plus.cli.info", "imagenet_plus.cli.verify", "imagenet_plus.cli.show",
-             "imagenet_plus.builder.cli", "imagenet_plus.mldr.cli")
+             "imagenet_plus.cli.export", "imagenet_plus.builder.cli", "imagenet_plus.mldr.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imagenet-plus",
                                 description="Build, import, inspect, verify and preview reinforcement stores "
                                             "(Dataset Reinforcement).")
-    sub = p.add_subparsers(dest="command", metavar="{info,verify,show,build,import-ml-dr}")
+    sub = p.add_subparsers(dest="command", metavar="{info,verify,show,export,build,import-ml-dr}")
     sub.required = True
     for name in _COMMANDS:
         try:

@@ -14,8 +14,9 @@ store's size; the store is about half the archive's).
 :class:`ImportFolder` is the build's :class:`~imagenet_plus.builder.outdir.OutputFolder` (same rules:
 ``--out`` absent, empty, or this import unfinished; one process at a time; only its own files are ever
 removed) with the importer's state files, a finished-store check that ignores the archive's full
-sha256 (known only after streaming), and :meth:`ImportFolder.discard`: an import that fails on bad
-data removes everything it wrote, so nothing half-written stays under ``OUT``.
+sha256 (known only after streaming); the lifecycle (:meth:`~imagenet_plus.builder.outdir.OutputFolder.take`)
+and :meth:`~imagenet_plus.builder.outdir.OutputFolder.discard` are the build's: an import that fails on
+bad data removes everything it wrote, so nothing half-written stays under ``OUT``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..builder.outdir import OutputFolder, _own_temp
+from ..builder.outdir import OutputFolder
 from ..errors import BuildError, StoreError
-from ..store import MANIFEST_NAME, SAMPLES_NAME, SHARD_DIR, Manifest, compute_build_id
+from ..store import Manifest, compute_build_id
 from ._convert import read_field
 
 __all__ = ["ImportFolder", "Staging", "STAGED_NAME", "ARCHIVE_NAME", "HASH_KEY", "staging_name", "strip_full_hash"]
@@ -59,7 +60,6 @@ class ImportFolder(OutputFolder):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.created = not self.root.exists()  # discard() removes the folder itself only if the import made it
         self._state |= {STAGED_NAME, ARCHIVE_NAME} | {staging_name(s0, s1) for s0, s1 in self.plan.sample_blocks}
 
     def _check_finished(self) -> None:
@@ -72,17 +72,6 @@ class ImportFolder(OutputFolder):
         if not same:
             raise BuildError(f"--out {self.root} holds a finished store of other settings (another archive, "
                              "dataset copy or shard shape); choose another --out (the store is left as it is)")
-
-    def discard(self) -> None:
-        """Remove every file this import wrote (shards, samples file, state), then its empty folders."""
-        self._remove_matching(self.root / SHARD_DIR, lambda n: n in self._shards or _own_temp(n, self._shards))
-        self._remove_matching(self.root, lambda n: n == SAMPLES_NAME or _own_temp(n, {SAMPLES_NAME, MANIFEST_NAME}))
-        self.remove_state()
-        for d in (self.root / SHARD_DIR, self.state_dir) + ((self.root,) if self.created else ()):
-            try:
-                d.rmdir()
-            except OSError:  # absent, or holds what this import did not write
-                pass
 
 
 class Staging:

@@ -3,7 +3,9 @@
 Read top to bottom, the import is:
 
 1. **Refuse up front, write nothing**: open the archive and read its config (streaming as far as
-   the config), check the variant, the dataset and its classes against the user's copy; plan the
+   the config), check the variant, the dataset and its classes against the user's copy, and the
+   evidence that the copy lists its samples in torchvision's order (:mod:`~imagenet_plus.mldr._order`:
+   a contradiction is refused, no evidence is said loudly); plan the
    store (``ml-dr`` flavour policy, fields, shards) and its settings, with a cheap fingerprint of
    the archive (size, sha256 of its first and last MiB) standing in for its full sha256.
 2. **Take the output folder** (:class:`~imagenet_plus.mldr._staging.ImportFolder`): absent, empty
@@ -36,6 +38,7 @@ import numpy as np
 
 from .._checks import check_choice, check_int
 from .._files import atomic_write_text, human_bytes
+from ..builder.config import available_cores
 from ..builder.manifest import build_settings, create_manifest, write_store_files
 from ..builder.outdir import shard_state_name
 from ..builder.plan import Shard, create_plan
@@ -45,6 +48,7 @@ from ..store import MANIFEST_NAME, Manifest, ShardEntry, compute_teacher_id, ope
 from ._archive import fingerprint_source, open_archive
 from ._config import DATASETS, parse_config
 from ._convert import Converter, mldr_order, policy_config
+from ._order import check_order, order_warning
 from ._pipeline import identify, stage_archive
 from ._staging import ARCHIVE_NAME, HASH_KEY, ImportFolder, Staging
 
@@ -66,6 +70,7 @@ class ImportResult:
     shards_written: int = 0
     shards_kept: int = 0
     timings: dict = field(default_factory=dict)
+    order: dict = field(default_factory=dict)  # evidence of the copy's sample order (reports["import"]["order"])
 
     @property
     def records(self) -> int:
@@ -73,15 +78,18 @@ class ImportResult:
 
     def summary(self) -> str:
         m, t = self.manifest, max(self.seconds, 1e-9)
+        warning = order_warning(self.order or (m.reports.get("import") or {}).get("order") or {})
+        tail = f"\nWARNING: {warning}" if warning else ""
         if self.already_finished:
             return f"{self.out}: already imported ({self.records:,} records, {human_bytes(self.store_bytes)}); " \
-                   "nothing to do"
+                   "nothing to do" + tail
         prov = m.extra.get("provenance", {})
         return (f"imported {prov.get('archive')} ({prov.get('variant')}, {m.dataset}) into {self.out}: "
                 f"{m.num_samples:,} samples x {m.num_augmentations} = {self.records:,} records in {self.seconds:.1f} s "
                 f"({self.records / t:,.0f} records/s); {human_bytes(self.archive_bytes)} archive -> "
                 f"{human_bytes(self.store_bytes)} store ({self.store_bytes / max(self.archive_bytes, 1):.2f}x); "
-                f"{self.samples_resumed:,} samples staged by an earlier run, {self.shards_kept} shards kept")
+                f"{self.samples_resumed:,} samples staged by an earlier run, {self.shards_kept} shards kept; sample "
+                f"order {(self.order or {}).get('status', '?')}") + tail
 
 
 def _teacher(config: dict) -> dict:
@@ -199,7 +207,8 @@ def import_mldr(source: str | os.PathLike, out: str | os.PathLike, *, dataset: s
 
     Raises:
         ImportFormatError: the archive is unsafe, malformed, truncated, of another dataset or variant.
-        AlignmentError: the user's copy is not the one ml-dr indexed (classes, image sizes).
+        AlignmentError: the user's copy is not the one ml-dr indexed (classes, image sizes, a split file
+            whose md5 is not torchvision's: :mod:`~imagenet_plus.mldr._order`).
         BuildError: ``out`` holds something else, or another import is writing it.
         ImageDecodeError: an image of the user's copy cannot be decoded.
 
@@ -210,7 +219,7 @@ def import_mldr(source: str | os.PathLike, out: str | os.PathLike, *, dataset: s
     """
     t0 = time.perf_counter()
     check_choice(dataset, "dataset", tuple(DATASETS))
-    workers = _all_cores() if workers is None else check_int(workers, "workers", low=0)
+    workers = available_cores() if workers is None else check_int(workers, "workers", low=0)
     if adapter is None:
         from ..adapters import create_adapter
 
@@ -220,27 +229,21 @@ def import_mldr(source: str | os.PathLike, out: str | os.PathLike, *, dataset: s
         fp = fingerprint_source(source)
         layout = parse_config(archive.config, archive.config_member, num_augmentations=num_augmentations)
         _check_copy(adapter, layout, dataset, progress)
+        order = check_order(adapter, dataset)  # refuses a copy in another order than torchvision's
+        if progress and order_warning(order):
+            print(f"WARNING: {order_warning(order)}", file=sys.stderr)
         fields, plan, pre = _plan_manifest(adapter, layout, archive, fp, samples_per_shard, augs_per_shard)
         keys = adapter.keys()
         folder = ImportFolder(Path(out), build_settings(pre, keys), plan)
-        if folder.inspect() == "finished":
-            if folder.has_state():  # killed after its manifest was written: only the clean-up was left
-                lock, _ = folder.claim(0)
-                with lock:
-                    open_store(folder.root)
-                    folder.remove_state()
+        lock = folder.take(0, finish_leftover=lambda: open_store(folder.root))
+        if lock is None:  # finished (by an earlier run, or another process meanwhile): nothing to do
             m = Manifest.load(folder.root)
             return ImportResult(folder.root, m, fp["bytes"], _store_bytes(folder.root, m), time.perf_counter() - t0,
-                                already_finished=True)
-        lock, state = folder.claim(0)
+                                already_finished=True, order=order)
         with lock:
-            if state == "finished":  # another process finished it meanwhile
-                m = Manifest.load(folder.root)
-                return ImportResult(folder.root, m, fp["bytes"], _store_bytes(folder.root, m),
-                                    time.perf_counter() - t0, already_finished=True)
             try:
                 return _run(archive, layout, adapter, folder, pre, fields, keys, fp, workers=workers,
-                            progress=progress, checkpoint_seconds=checkpoint_seconds, t0=t0)
+                            progress=progress, checkpoint_seconds=checkpoint_seconds, t0=t0, order=order)
             except ReinforcementError:
                 folder.discard()
                 raise
@@ -249,9 +252,9 @@ def import_mldr(source: str | os.PathLike, out: str | os.PathLike, *, dataset: s
 
 
 def _run(archive, layout, adapter, folder: ImportFolder, pre: Manifest, fields, keys, fp: dict, *, workers: int,
-         progress: bool, checkpoint_seconds: float, t0: float) -> ImportResult:
+         progress: bool, checkpoint_seconds: float, t0: float, order: dict) -> ImportResult:
     """Steps 3 to 5 (the folder is claimed)."""
-    result = ImportResult(folder.root, pre, fp["bytes"], 0, 0.0)
+    result = ImportResult(folder.root, pre, fp["bytes"], 0, 0.0, order=order)
     timings = result.timings
     t = time.perf_counter()
     identity = identify(folder, adapter, workers=workers, progress=progress)
@@ -280,7 +283,8 @@ def _run(archive, layout, adapter, folder: ImportFolder, pre: Manifest, fields, 
     over = int(staging.over.sum())
     staging.close()
     reports = {"import": {"records_topk_sum_above_1": over, "densify": "such records are stored with tail mass 0 "
-                          "(ml-dr's densify would spread them as a softmax over the top-k; docs/ml-dr-format.md)"}}
+                          "(ml-dr's densify would spread them as a softmax over the top-k; docs/ml-dr-format.md)",
+                          "order": order}}
     manifest = write_store_files(folder, manifest, entries, identity, keys, reports)
     open_store(folder.root)  # the reader's own checks: manifest, build id, samples file, shard headers
     folder.remove_state()
@@ -309,12 +313,6 @@ def _final_manifest(pre: Manifest, sha: dict, keys) -> Manifest:
     m = dataclasses.replace(pre, extra={**pre.extra, "provenance": {**pre.extra["provenance"], **sha}})
     m.build_id = compute_build_id(m, digest_keys(keys))
     return m
-
-
-def _all_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _store_bytes(root: Path, m: Manifest) -> int:

@@ -60,3 +60,48 @@ def write_archive_for(path: Path, name: str, adapter, *, ns: int = 3, form: str 
     dataset, _ = PUBLISHED[name]
     assert adapter.name == dataset, (adapter.name, dataset)
     return write_archive(path, name, sizes=mldr_sizes(adapter), ns=ns, form=form, seed=seed, **kwargs)
+
+
+def pack_food_archive(root: Path) -> Path:
+    """``root/food-101.tar.gz`` of the copy's ``food-101/`` folder, where torchvision's download leaves its archive."""
+    import tarfile
+
+    path = Path(root) / "food-101.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(Path(root) / "food-101", arcname="food-101")
+    return path
+
+
+def reorder_copy(root: Path, dataset: str, seed: int = 0) -> None:
+    """Rewrite the file that fixes the copy's training order, as a user's tool might re-save it.
+
+    CIFAR-100: ``cifar-100-python/train`` with its rows (pixels, labels, names) permuted together;
+    Flowers-102: ``setid.mat`` with ``trnid`` permuted; Food-101: ``meta/train.json`` re-saved with
+    sorted keys. Every sample keeps its own label and image: only the order changes.
+    """
+    import json
+    import pickle
+
+    import numpy as np
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    if dataset == "cifar100":
+        path = root / "cifar-100-python" / "train"
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")  # CIFAR's upstream format (written by the fake itself)
+        perm = rng.permutation(len(entry["data"]))
+        for k in ("filenames", "fine_labels", "coarse_labels"):
+            entry[k] = [entry[k][i] for i in perm]
+        entry["data"] = entry["data"][perm]
+        with open(path, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    elif dataset == "flowers102":
+        path = root / "flowers-102" / "setid.mat"
+        sets = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        sets["trnid"] = sets["trnid"][:, rng.permutation(sets["trnid"].shape[1])]
+        scipy.io.savemat(path, sets)
+    else:
+        path = root / "food-101" / "meta" / "train.json"
+        path.write_text(json.dumps(json.loads(path.read_text()), sort_keys=True))
