@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .. import registry
 from ..errors import ReinforcementError
-from ._common import EXIT_OK, open_adapter, positive_int
+from ..errors import EXIT_OK
+from ._common import open_adapter, positive_int
 
 __all__ = ["link_store", "export_store", "add_parser"]
 
