@@ -540,3 +540,27 @@ def test_readme_plus_command_with_a_store_of_every_training_digit(digits, tmp_pa
         for i in (0, 77, 499):
             a, b = t.train_set[i], full[i]
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_readme_names_what_finetune_teacher_writes_and_that_exif_orientation_is_ignored(tmp_path):
+    """The README's teacher passage names finetune_teacher.py's real output; its check table says EXIF
+    orientation is not applied, which the package's decoder confirms on a real JPEG with orientation 6."""
+    import io
+    import re
+
+    from PIL import Image
+
+    from imagenet_plus.imageio import decode_bytes
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    teacher = readme[readme.index("## Reinforce your own ImageFolder"):readme.index("`--teacher-input-size` is")]
+    assert "t.safetensors" not in teacher and "`<out>/<model>.safetensors` and `.json`" in teacher
+    m = re.search(r"--model\s+(\S+) --out (\S+)` does this and writes `(\S+)\.safetensors`", teacher.replace("\n", " "))
+    assert m and m.group(3) == f"{m.group(2)}/{m.group(1)}" and f"--teacher-checkpoint {m.group(3)}.safetensors" in teacher
+    assert re.search(r"EXIF orientation tag \| decoded as stored, not rotated", readme)
+    image = Image.new("RGB", (40, 24), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", exif=exif.tobytes())
+    assert decode_bytes(buf.getvalue(), "x.jpg").size == (40, 24)  # not rotated to 24x40
