@@ -569,7 +569,7 @@ def run(argv=None) -> int:
     """
     try:
         args = parse_args(argv)
-        load_recipe(args.recipe, args.mode, _overrides(args))  # recipe and flag mistakes are usage errors
+        _check_mode_keys(load_recipe(args.recipe, args.mode, _overrides(args)))  # recipe/flag mistakes: usage
     except SystemExit as e:  # argparse: 2 on usage errors, 0 after --help
         return int(e.code or 0)
     except (ReinforcementError, FileNotFoundError) as e:

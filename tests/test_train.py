@@ -445,6 +445,8 @@ def test_errors_are_one_line_with_the_clis_exit_codes(digits, tmp_path, capsys):
     assert "unknown recipe key 'optimizer.lrr'" in _one_line_error(capsys)
     assert train_script.run(["--recipe", str(tmp_path / "nope.yaml"), "--mode", "erm", "--out", "x"]) == 2
     assert "nope.yaml does not exist" in _one_line_error(capsys)
+    assert train_script.run(_args(digits, "plus", tmp_path / "a", "--set", "mix={mixup_alpha: 0.2}")) == 2
+    assert "a plus store mixes through its own policy" in _one_line_error(capsys)
     args = _args(digits, "plus", tmp_path / "b")
     args[args.index("--reinforcements") + 1] = str(tmp_path / "no-store")
     assert train_script.run(args) == 1  # a failure: the store is not there
