@@ -4,8 +4,8 @@ An ImageFolder of ImageNet-like JPEGs (~500x375, quality 90, real photos) and a 
 "rrc+ra/re" policy's params for every record, random top-k); each item is fetched through
 ``ReinforcedDataset`` (decode, identity check, crop, RandAugment, erasing, normalise, densify),
 with the package's check (``exact``: sha256 of the file's bytes and the size; ``resized``: aspect
-ratio, and an 8x8 thumbnail on a sample's first decode in the process) and with the check replaced by a
-no-op. Rates are medians of interleaved rounds. Prints one JSON object; ``overhead_exact`` =
+ratio and the 8x8 thumbnail on every decode, the thumbnail recomputed whenever the bytes are not those last
+found close) and with the check replaced by a no-op. Rates are medians of interleaved rounds. Prints one JSON object; ``overhead_exact`` =
 1 - rate(exact) / rate(no check) (target <= 3%).
 
     python benchmarks/identity_cost.py [--images 24] [--seconds 6] [--rounds 5]

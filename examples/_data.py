@@ -252,5 +252,27 @@ def create_teacher(teacher: dict, num_classes: int, device: torch.device):
             raise ArgumentError(f"teacher member {bare[0]!r} has no weights: teacher.pretrained is false and its "
                                 "teacher.checkpoints entry is empty; pass --teacher-checkpoint (one per model)")
     specs = parse_teacher_list(models, ckpts)
+    # A checkpoint keeps its own trained head (num_classes=None), so a teacher of another class count is
+    # refused here with this script's fix, not with the builder's flags (--num-classes, --allow-new-head).
+    for spec in specs:
+        got = _checkpoint_classes(spec)
+        if got is not None and got != num_classes:
+            raise ArgumentError(f"teacher checkpoint {spec.checkpoint} ({spec.name!r}) classifies {got} classes, the "
+                                f"dataset has {num_classes}: kd needs a teacher trained on these {num_classes} classes; "
+                                "pass its weights with --teacher-checkpoint (examples/train.py and "
+                                "builders/finetune_teacher.py write them)")
     return _create(specs, num_classes=num_classes, pretrained=teacher["pretrained"], device=device,
                    input_size=teacher["input_size"])
+
+
+def _checkpoint_classes(spec) -> int | None:
+    """The class count of a teacher member's checkpoint (its sidecar's, else its classifier's rows; None: no file)."""
+    from imagenet_plus.teachers import create_member, read_sidecar
+
+    if not spec.checkpoint:
+        return None
+    side = read_sidecar(spec.checkpoint)
+    if isinstance(side.get("num_classes"), int):
+        return int(side["num_classes"])
+    model, _ = create_member(spec, num_classes=None, pretrained=False)  # no sidecar count: the head decides
+    return int(model.num_classes)

@@ -45,6 +45,7 @@ several GPUs, ``compile``, resuming a CUDA run.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -52,11 +53,12 @@ import sys
 import time
 from pathlib import Path
 
+# The examples' own helpers (_data, _recipe, ...) sit next to this file: Python puts the script's folder on
+# sys.path when it runs it; an importer (the tests) may not. The repository itself is never put on sys.path,
+# so `imagenet_plus` is the installed package (invariant 9: examples work from the wheel).
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for _p in (str(ROOT), str(HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -70,9 +72,9 @@ from _recipe import load_recipe, parse_override, recipe_digest  # noqa: E402
 from _train import classification_metrics, create_model, plot_run  # noqa: E402
 
 from imagenet_plus import atomic_write_text  # noqa: E402
-from imagenet_plus.errors import ArgumentError  # noqa: E402
+from imagenet_plus.errors import ArgumentError, ReinforcementError  # noqa: E402
 
-__all__ = ["main", "parse_args", "Trainer", "Dist"]
+__all__ = ["main", "run", "parse_args", "resolve_run", "Trainer", "Dist"]
 
 CHECKPOINT = "checkpoint.safetensors"
 _PLOT_EVERY_S = 30.0
@@ -136,6 +138,50 @@ def _check_mode_keys(r: dict) -> None:
         raise ArgumentError("mode plus needs the store: pass --reinforcements FOLDER (or --set reinforcements=...)")
 
 
+def resolve_run(recipe: dict) -> tuple[dict, list[str]]:
+    """The settings a run really uses (what ``config.json`` records) and a note for each change to the recipe's.
+
+    * warm-up must end before the last epoch: ``scheduler.warmup_epochs`` is clamped to ``epochs - 1``;
+    * mode ``plus`` replays the store's records, which exist for the store's policy only: the store's policy
+      is adopted (and, when its image size differs from the recipe policy's, the evaluation transform is
+      scaled to it: crop = the store's size, resize in the recipe's proportion).
+
+    Applying it twice changes nothing (a rerun of the same command resolves to the same settings).
+    """
+    r, notes = copy.deepcopy(recipe), []
+    warm, epochs = r["scheduler"]["warmup_epochs"], r["epochs"]
+    if warm >= epochs:
+        r["scheduler"]["warmup_epochs"] = epochs - 1
+        notes.append(f"scheduler.warmup_epochs={warm} lowered to {epochs - 1}: the warm-up must end before the last "
+                     f"of the {epochs} epoch(s) (set it below epochs to choose another value)")
+    if r["mode"] == "plus" and r["reinforcements"]:
+        notes += _adopt_store_policy(r)
+    return r, notes
+
+
+def _adopt_store_policy(r: dict) -> list[str]:
+    """Mode plus: set ``r["policy"]`` to the store's (and scale ``r["eval"]`` to its size); the note, if it differs."""
+    from imagenet_plus import create_policy
+    from imagenet_plus.datasets import open_reinforcements
+
+    store = open_reinforcements(r["reinforcements"], r["num_augmentations"])
+    theirs = create_policy(store.policy_config)
+    mine = None if r["policy"] is None else create_policy(r["policy"])
+    r["policy"] = theirs.config
+    if mine is None or mine == theirs:
+        return []
+    note = (f"mode plus: the store {r['reinforcements']} holds records of policy {theirs.name!r} at "
+            f"{theirs.output_size} px, the recipe's policy is {mine.name!r} at {mine.output_size} px; training on the "
+            "store's policy (its records exist for it only), recorded in config.json")
+    if theirs.output_size != mine.output_size:
+        ev = r["eval"]
+        resize = max(theirs.output_size, round(ev["resize"] * theirs.output_size / mine.output_size))
+        note += (f"; evaluation at resize {resize} / crop {theirs.output_size} (the recipe's resize "
+                 f"{ev['resize']} / crop {ev['crop']} scaled to the store's size)")
+        ev["resize"], ev["crop"] = resize, theirs.output_size
+    return [note + "; to train on the recipe's policy, pass a store built with it"]
+
+
 # ----------------------------------------------------------------------------- the trainer
 class Trainer:
     """One run of one mode: data, model, optimiser, schedule, EMA; one call per epoch.
@@ -148,6 +194,7 @@ class Trainer:
 
     def __init__(self, recipe: dict, dist_: Dist, *, progress: bool = False) -> None:
         _check_mode_keys(recipe)
+        recipe, self.notes = resolve_run(recipe)
         self.r, self.dist, self.progress = recipe, dist_, progress
         self.device = dist_.device
         self.mode = recipe["mode"]
@@ -239,9 +286,7 @@ class Trainer:
         s = r["scheduler"]
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * r["epochs"]
-        warm = s["warmup_epochs"]
-        if warm >= r["epochs"]:
-            raise ArgumentError(f"scheduler.warmup_epochs={warm} must be below epochs={r['epochs']}")
+        warm = s["warmup_epochs"]  # below epochs (resolve_run)
         # warmup_prefix: warm up first, then decay over the remaining epochs (ml-dr's schedule)
         self.scheduler, _ = timm.scheduler.create_scheduler_v2(
             self.optimizer, sched=s["name"], num_epochs=r["epochs"] - warm, warmup_epochs=warm,
@@ -399,14 +444,18 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 # ----------------------------------------------------------------------------- the run
-def _prepare_out(out: Path, recipe: dict, d: Dist) -> Path | None:
-    """Create ``out``; return the checkpoint to resume from (None for a fresh run).
+def _check_out(out: Path, recipe: dict) -> Path | None:
+    """The checkpoint to resume from in ``out`` (None: a fresh run); writes nothing.
+
+    A ``config.json`` without a checkpoint is a run that finished no epoch: nothing of it is kept, so its
+    settings do not bind the rerun (a start that failed must not block the corrected command).
 
     Raises:
-        ArgumentError: ``out`` holds a run with other settings.
+        ArgumentError: ``out`` holds a run with other settings and at least one finished epoch.
     """
-    config = out / "config.json"
-    ckpt = out / CHECKPOINT
+    config, ckpt = out / "config.json", out / CHECKPOINT
+    if not ckpt.is_file():
+        return None
     if config.is_file():
         old = json.loads(config.read_text(encoding="utf-8"))
         if recipe_digest(old["recipe"]) != recipe_digest(recipe):
@@ -415,19 +464,27 @@ def _prepare_out(out: Path, recipe: dict, d: Dist) -> Path | None:
                           != json.dumps(recipe.get(k), sort_keys=True, default=str))
             raise ArgumentError(f"--out {out} holds a run with other settings (differing keys: {', '.join(diff)}); "
                                 "rerun with the same recipe and flags to resume, or pass a new --out folder")
+    return ckpt
+
+
+def _write_config(out: Path, recipe: dict, d: Dist) -> None:
+    """Create ``out`` and record the run's settings (after the trainer started: a failed start leaves nothing)."""
     d.barrier()
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        if not config.is_file():
-            atomic_write_text(config, json.dumps({"recipe": recipe, "torch": torch.__version__,
-                                                  "world_size": d.world}, indent=1, default=str) + "\n")
+        atomic_write_text(out / "config.json", json.dumps({"recipe": recipe, "torch": torch.__version__,
+                                                           "world_size": d.world}, indent=1, default=str) + "\n")
     d.barrier()
-    return ckpt if ckpt.is_file() else None
 
 
 def _log(record: dict, d: Dist) -> None:
     if d.main:
         print(json.dumps(record), flush=True)
+
+
+def _note(text: str, d: Dist) -> None:
+    if d.main:
+        print(f"train.py: note: {text}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> dict:
@@ -436,15 +493,20 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.mode, _overrides(args))
+    _check_mode_keys(recipe)
+    recipe, notes = resolve_run(recipe)
     d = Dist(args.device)
+    for text in notes:
+        _note(text, d)
     if args.deterministic and d.device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     elif d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     out = Path(args.out)
-    resume_from = _prepare_out(out, recipe, d)
+    resume_from = _check_out(out, recipe)
     trainer = Trainer(recipe, d, progress=args.progress)
+    _write_config(out, recipe, d)
     history: list[dict] = []
     start = 0
     if resume_from is not None:
@@ -454,8 +516,16 @@ def main(argv=None) -> dict:
     else:
         _log({"event": "start", "mode": recipe["mode"], "out": str(out), "world_size": d.world,
               "device": str(d.device), "steps_per_epoch": trainer.steps_per_epoch, "epochs": recipe["epochs"],
-              "train_samples": len(trainer.train_set), "policy": trainer.policy.name,
+              "train_samples": len(trainer.train_set), "policy": trainer.policy.name, "notes": notes,
               "fine_tuned_from": recipe["model"]["checkpoint"], "reinitialised": trainer.dropped}, d)
+    _train(trainer, recipe, out, d, history, start)
+    summary = _finish(trainer, history, out, d)
+    d.close()
+    return summary
+
+
+def _train(trainer: Trainer, recipe: dict, out: Path, d: Dist, history: list[dict], start: int) -> None:
+    """Epochs ``start..epochs-1``: train, evaluate, checkpoint, log and plot each (``history`` grows)."""
     title = f"{recipe['model']['name']}, mode {recipe['mode']}"
     last_plot = time.perf_counter()
     for epoch in range(start, recipe["epochs"]):
@@ -470,9 +540,6 @@ def main(argv=None) -> dict:
                 last_plot = time.perf_counter()
         _log(record, d)
         d.barrier()
-    summary = _finish(trainer, history, out, d)
-    d.close()
-    return summary
 
 
 def _finish(trainer: Trainer, history: list[dict], out: Path, d: Dist) -> dict:
@@ -491,5 +558,34 @@ def _finish(trainer: Trainer, history: list[dict], out: Path, d: Dist) -> dict:
     return summary
 
 
+EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def run(argv=None) -> int:
+    """The command line: :func:`main` with its errors as one line on stderr, like ``imagenet-plus``'s.
+
+    Exit status 0 ok, 1 a failure (bad data, store, teacher or output folder), 2 a usage error (the command
+    line or the recipe), 130 interrupted.
+    """
+    try:
+        args = parse_args(argv)
+        _check_mode_keys(load_recipe(args.recipe, args.mode, _overrides(args)))  # recipe/flag mistakes: usage
+    except SystemExit as e:  # argparse: 2 on usage errors, 0 after --help
+        return int(e.code or 0)
+    except (ReinforcementError, FileNotFoundError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        main(argv)
+    except (ReinforcementError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"train.py: interrupted; rerun the same command to resume from {Path(args.out) / CHECKPOINT}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

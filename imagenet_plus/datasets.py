@@ -35,7 +35,7 @@ from torchvision.datasets.vision import VisionDataset
 from . import registry
 from ._checks import check_choice, check_device, check_int, check_probability
 from .adapters import (CIFAR100Adapter, DatasetAdapter, Flowers102Adapter, Food101Adapter, ImageNetAdapter,
-                       adapt)
+                       SubsetAdapter, adapt)
 from .augment import create_eval_transform, create_policy
 from .errors import AlignmentError, ArgumentError, ReinforcementError
 from .hub import open_reinforcements
@@ -50,10 +50,9 @@ def _generic(name: str) -> bool:
     return not name or (name in registry.names() and registry.dataset_info(name).generic)
 
 
-def _align(adapter: DatasetAdapter, store) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Check name, split, class count, keys and labels; return (dataset -> store, store -> dataset) maps."""
+def _check_meta(adapter: DatasetAdapter, store, where: str) -> None:
+    """The store was built for this dataset, split and class count (the one place these are compared)."""
     m = store.manifest
-    where = f"the store at {store.root} ({m.dataset}/{m.split})"
     if not _generic(adapter.name) and m.dataset != adapter.name:
         raise AlignmentError(f"{where} was built for dataset {m.dataset!r}, but the base dataset is "
                              f"{type(adapter.dataset).__name__} ({adapter.name!r}); pass reinforcements built for "
@@ -65,27 +64,66 @@ def _align(adapter: DatasetAdapter, store) -> tuple[np.ndarray | None, np.ndarra
     if classes is not None and classes != m.num_classes:
         raise AlignmentError(f"{where} has {m.num_classes} classes but the base dataset has {classes}; use "
                              "reinforcements built for this dataset (and a copy with every class)")
-    keys, skeys = adapter.keys(), store.keys
+
+
+def _unwrap_subsets(adapter: DatasetAdapter) -> tuple[DatasetAdapter, np.ndarray | None]:
+    """The dataset under any ``Subset`` wrappers and the rows of it the subset serves (``None``: not a subset)."""
+    rows = None
+    while isinstance(adapter, SubsetAdapter):
+        idx = adapter.indices
+        n = len(adapter.inner)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            bad = int(idx[(idx < -n) | (idx >= n)][0])
+            raise ArgumentError(f"Subset index {bad} is out of range for its dataset of {n} samples")
+        idx = idx % n if n else idx
+        rows = idx if rows is None else idx[rows]
+        adapter = adapter.inner
+    return adapter, rows
+
+
+def _align(adapter: DatasetAdapter, store) -> tuple[DatasetAdapter, np.ndarray | None, np.ndarray | None,
+                                                    np.ndarray | None]:
+    """Check the copy against the store: name, split, class count, keys, labels.
+
+    A ``Subset`` serves part of the store's samples: each of its samples must be in the store; the
+    store's other samples need not be served (a 10% run over a full store). Everything else must be the
+    store's samples exactly, in any order.
+
+    Returns:
+        ``(source, rows, to_store, from_store)``: the adapter the replay loads from (the dataset under any
+        ``Subset``), the rows of it that items ``0..len-1`` are (``None``: all, in order), and the maps
+        source index -> store index and store index -> source index (``None``: identical orders; ``-1``:
+        not in the copy / not in the store).
+    """
+    m = store.manifest
+    where = f"the store at {store.root} ({m.dataset}/{m.split})"
+    _check_meta(adapter, store, where)
+    source, rows = _unwrap_subsets(adapter)
+    keys, skeys = source.keys(), store.keys
     to_store = from_store = None
     if keys != skeys:
         index = {k: n for n, k in enumerate(skeys)}
-        extra = [d for d, k in enumerate(keys) if k not in index]
-        if extra:
-            d = extra[0]
-            raise AlignmentError(f"{adapter.describe(d)} of the dataset is not in {where} ({len(extra)} such "
+        to_store = np.fromiter((index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        served = np.arange(len(keys)) if rows is None else rows
+        extra = served[to_store[served] < 0]
+        if extra.size:
+            d = int(np.flatnonzero(to_store[served] < 0)[0])
+            raise AlignmentError(f"{adapter.describe(d)} of the dataset is not in {where} ({extra.size} such "
                                  "samples): the copy holds a file the store was not built with: remove it, or use "
                                  "reinforcements built for this copy")
-        to_store = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
         from_store = np.full(len(skeys), -1, dtype=np.int64)
-        from_store[to_store] = np.arange(len(keys), dtype=np.int64)
+        mapped = np.flatnonzero(to_store >= 0)
+        from_store[to_store[mapped]] = mapped
         missing = np.flatnonzero(from_store < 0)
-        if missing.size:
+        if missing.size and rows is None:
             s = int(missing[0])
             raise AlignmentError(f"sample {s} of {where} ({skeys[s]!r}) is missing from the dataset copy "
                                  f"({missing.size} of {len(skeys)} missing); restore the file(s) from the original "
-                                 "dataset, or use reinforcements built for this copy")
-    labels = np.asarray(adapter.labels(), dtype=np.int64)
-    stored = store.labels if to_store is None else store.labels[to_store]
+                                 "dataset, or use reinforcements built for this copy (to train on part of the "
+                                 "store's samples on purpose, pass a torch.utils.data.Subset of the copy)")
+    served = np.arange(len(keys)) if rows is None else rows
+    labels = np.asarray(source.labels(), dtype=np.int64)[served]
+    stored = store.labels[served if to_store is None else to_store[served]]
     bad = np.flatnonzero(labels != stored)
     if bad.size:
         d = int(bad[0])
@@ -93,7 +131,20 @@ def _align(adapter: DatasetAdapter, store) -> tuple[np.ndarray | None, np.ndarra
                              f"{int(stored[d])} ({bad.size} labels differ); the copy's class list or order differs "
                              "from the build's: use a complete copy with the same classes, or reinforcements built "
                              "for it")
-    return to_store, from_store
+    return source, rows, to_store, from_store
+
+
+def _check_partners(policy, store, from_store: np.ndarray | None) -> None:
+    """A mixing policy pairs records with partner samples from the whole store: all must be in the copy."""
+    if not policy.uses_mix or from_store is None:
+        return
+    missing = np.flatnonzero(from_store < 0)
+    if missing.size:
+        s = int(missing[0])
+        raise AlignmentError(f"the store at {store.root} uses policy {policy.name!r}, which mixes each record with a "
+                             f"partner sample of the whole store, and sample {s} ({store.keys[s]!r}) is not in the "
+                             f"dataset ({missing.size} of {len(from_store)} missing): take the Subset of a complete "
+                             "copy of the dataset (the partners are loaded from it)")
 
 
 class ReinforcedDataset(Dataset):
@@ -155,15 +206,17 @@ class ReinforcedDataset(Dataset):
         self.num_augmentations = self.store.num_augmentations
         self.num_classes = self.store.num_classes
         self.policy = create_policy(self.store.policy_config)
-        to_store, from_store = _align(self.adapter, self.store)
+        source, self._rows, to_store, from_store = _align(self.adapter, self.store)
+        _check_partners(self.policy, self.store, from_store)
         if hasattr(self.store, "check_manifest"):
             self.store.check_manifest()
         self.chooser = Chooser(self.seed, self.num_augmentations, p_original, sampling)
-        records = StoreRecords(self.adapter, self.store, IdentityChecker(self.store, check), to_store=to_store,
+        records = StoreRecords(source, self.store, IdentityChecker(self.store, check), to_store=to_store,
                                from_store=from_store)
         self.source = ReplaySource(records, self.policy, self.chooser, densify=densify)
         self.check = check
-        self._labels = np.asarray(self.store.labels if to_store is None else self.store.labels[to_store], np.int64)
+        served = np.arange(len(source)) if self._rows is None else self._rows
+        self._labels = np.asarray(self.store.labels[served if to_store is None else to_store[served]], np.int64)
 
     # -- epochs and choices ----------------------------------------------------------------------------
     @property
@@ -196,10 +249,12 @@ class ReinforcedDataset(Dataset):
         return len(self.adapter)
 
     def _index(self, index) -> int:
+        """The replay's index of item ``index`` (its row in the dataset under a ``Subset``)."""
         n = len(self)
         if not -n <= int(index) < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
-        return int(index) % n
+        i = int(index) % n
+        return i if self._rows is None else int(self._rows[i])
 
     def __getitem__(self, index: int):
         """Training item ``index``: ``(image, soft_target)`` on the CPU path, a dict on the device path."""
@@ -255,12 +310,7 @@ class _PlusDataset(VisionDataset):
         self.reinforced: ReinforcedDataset | None = None
         if split == self._adapter.train_split:
             store = open_reinforcements(self._adapter.name if reinforcements is None else reinforcements,
-                                        num_augmentations)
-            m = store.manifest
-            if m.dataset != self._adapter.name or m.split != split:
-                raise AlignmentError(f"the store at {store.root} holds reinforcements of {m.dataset}/{m.split}, "
-                                     f"not {self._adapter.name}/{split}; pass reinforcements built for "
-                                     f"{type(self).__name__} split={split!r}")
+                                        num_augmentations)  # dataset, split and classes: compared by _align
             self.reinforced = ReinforcedDataset(
                 self.adapter, store, p_original=p_original, densify=densify, sampling=sampling, device=device,
                 transform=transform, target_transform=target_transform, seed=seed, check=check)

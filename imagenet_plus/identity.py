@@ -26,9 +26,12 @@ DataLoader worker), deterministically:
   levels). Re-encoding and resizing move a fingerprint by a few levels; another image moves it
   by tens (``tests/test_identity.py`` measures both on real photos: at most 2.4 for copies
   resized to 0.3-1x and re-encoded at JPEG quality 20-75, at least 12.8 between different
-  photos). The thumbnail costs about 0.25 ms on a 500x375 image, so each sample is checked on
-  its first decode in each process. Crops stored as fractions of the image replay the same
-  region on a resized copy, resampled at its resolution.
+  photos). Both are checked on every decode: the thumbnail (about 0.25 ms on a 500x375 image) is
+  computed whenever the sample's bytes are not the very bytes whose thumbnail this process last
+  found close (their digest, computed on every load anyway, tells), so a file swapped or edited
+  between epochs fails on its next decode, in a persistent worker too, and re-decoding unchanged
+  bytes costs one comparison. Crops stored as fractions of the image replay the same region on a
+  resized copy, resampled at its resolution.
 
 A mismatch raises :class:`~imagenet_plus.errors.AlignmentError` naming the sample, its key,
 its file and the fix.
@@ -104,7 +107,8 @@ class IdentityChecker:
         self._digests = store.content_hashes
         self._sizes = store.image_sizes
         self._fingerprints = None  # read on first use ("resized" only)
-        self._seen: np.ndarray | None = None  # "resized": samples already checked in this process
+        # "resized": per sample, the digest of the bytes whose thumbnail this process last found close (0: none)
+        self._verified: np.ndarray | None = None
 
     def problem(self, s: int, image: Image.Image, digest: np.ndarray) -> str | None:
         """What is wrong with sample ``s`` of the store given its decoded image and digest (``None``: nothing)."""
@@ -121,14 +125,17 @@ class IdentityChecker:
             return f"its aspect ratio ({h}x{w}) differs from the store's image ({H}x{W})"
         if self._fingerprints is None:
             self._fingerprints = self.store.fingerprints
-            self._seen = np.zeros(len(self._fingerprints), dtype=bool)
-        if self._seen[s]:
-            return None
+            self._verified = np.zeros(len(self._fingerprints), dtype=np.uint64)
+        raw = np.ascontiguousarray(digest, dtype=np.uint8).reshape(-1) if digest is not None else None
+        key = raw.view(np.uint64)[0] if raw is not None and raw.size == 8 else np.uint64(0)
+        if key != 0 and self._verified[s] == key:
+            return None  # the very bytes whose thumbnail was checked: the same pixels, the same verdict
         diff = float(np.abs(fingerprint(image).astype(np.int16) - self._fingerprints[s].astype(np.int16)).mean())
         if diff > FINGERPRINT_TOLERANCE:
+            self._verified[s] = 0
             return (f"it shows another picture than the store's image (thumbnail differs by {diff:.1f} grey levels "
                     f"on average, tolerance {FINGERPRINT_TOLERANCE:g})")
-        self._seen[s] = True
+        self._verified[s] = key
         return None
 
     def check(self, s: int, image: Image.Image, digest: np.ndarray, where) -> None:

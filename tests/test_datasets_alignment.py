@@ -214,7 +214,9 @@ def test_relabelled_copy_is_rejected(imagenet):
 
 
 def test_store_of_another_dataset_split_or_class_count(imagenet, food, tmp_path):
-    with pytest.raises(AlignmentError, match="imagenet/train, not food101/train"):
+    # the wrapper and ReinforcedDataset refuse with the one check (datasets._check_meta), the same words
+    with pytest.raises(AlignmentError, match=r"\(imagenet/train\) was built for dataset 'imagenet', but the base "
+                                             r"dataset is Food101 \('food101'\); pass reinforcements built for food101"):
         Food101Plus(food.root, reinforcements=imagenet.store)
     with pytest.raises(AlignmentError, match=r"built for dataset 'imagenet'.*Food101"):
         ReinforcedDataset(food.base(), imagenet.store)
@@ -320,3 +322,77 @@ def test_a_flipped_byte_in_a_shard_stops_training_naming_the_shard(imagenet, tmp
             ds.set_epoch(epoch)
             for d in range(len(ds)):
                 ds[d]
+
+
+# ----------------------------------------------------------------------------- Subsets of the store's samples
+def test_partial_subset_serves_the_full_datasets_items_partners_included(food):
+    """A Subset of part of the store's samples (a 10% run): its items are the full dataset's at those samples.
+
+    Food's policy mixes: a record's partner may be a sample outside the subset, loaded from the copy under it.
+    """
+    base = food.base()
+    n = len(base)
+    idx = [n - 1, 0, 2, 2]  # part of the samples, in another order, one of them twice
+    kw = dict(seed=4, p_original=0.25)
+    full = ReinforcedDataset(base, food.store, **kw)
+    part = ReinforcedDataset(Subset(base, idx), food.store, **kw)
+    nested = ReinforcedDataset(Subset(Subset(base, idx), [3, 0]), food.store, **kw)  # rows 2 and n-1
+    assert len(part) == 4 and part.labels.tolist() == full.labels[idx].tolist()
+    outside = 0
+    for e in range(4):
+        for ds in (full, part, nested):
+            ds.set_epoch(e)
+        for k, i in enumerate(idx):
+            a, b = full[i], part[k]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (e, k)
+        batch = part.__getitems__([0, 1, 2, 3])  # the DataLoader's batched path
+        assert all(torch.equal(batch[k][0], full[i][0]) for k, i in enumerate(idx))
+        assert torch.equal(nested[0][0], full[2][0]) and torch.equal(nested[1][0], full[n - 1][0])
+        plan = full.source.plan(idx, e)
+        params = full.store.params_batch(plan.store_index, plan.aug)
+        mixes = (np.asarray(params["mix_kind"]).reshape(-1) != 0) & ~plan.original
+        outside += sum(int(p) not in idx for p in np.asarray(params["mix_partner"]).reshape(-1)[mixes])
+    assert outside > 0  # some served record mixed with a partner outside the subset
+
+
+def test_subset_of_a_copy_missing_files(imagenet, food, tmp_path):
+    """A copy lacking files: refused whole (with the Subset advice); a Subset of it serves what it has when the
+    policy does not mix, and is refused when it mixes (partners come from the whole store)."""
+    root = _copy_imagenet(imagenet, tmp_path / "copy")
+    victim = sorted((root / "train").rglob("*.JPEG"))[3]
+    victim.unlink()
+    with pytest.raises(AlignmentError, match=r"missing from the dataset copy.*restore.*torch\.utils\.data\.Subset"):
+        ImageNetPlus(root, reinforcements=imagenet.store)
+    partial = tvd.ImageFolder(root / "train")
+    kw = dict(seed=3, p_original=0.2)
+    part = ReinforcedDataset(Subset(partial, range(len(partial))), imagenet.store, **kw)
+    full = ReinforcedDataset(imagenet.base(), imagenet.store, **kw)
+    keys = sample_keys(imagenet.base())
+    where = {k: d for d, k in enumerate(keys)}
+    for d, k in enumerate(sample_keys(partial)):
+        a, b = part[d], full[where[k]]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    copy = tmp_path / "food"
+    shutil.copytree(food.root, copy)
+    meta = copy / "food-101" / "meta" / "train.json"
+    lists = json.loads(meta.read_text())
+    first = sorted(lists)[0]
+    meta.write_text(json.dumps({**lists, first: lists[first][1:]}))  # one training image fewer
+    short = tvd.Food101(copy, split="train")
+    with pytest.raises(AlignmentError, match=r"mixes each record with a partner.*\(1 of \d+ missing\).*Subset of a "
+                                             r"complete copy"):
+        ReinforcedDataset(Subset(short, [0, 1]), food.store)
+
+
+def test_subset_with_a_sample_the_store_lacks_or_out_of_range(imagenet, tmp_path):
+    base = imagenet.base()
+    with pytest.raises(ArgumentError, match=r"Subset index 999 is out of range"):
+        ReinforcedDataset(Subset(base, [0, 999]), imagenet.store)
+    root = _copy_imagenet(imagenet, tmp_path / "copy")
+    src = sorted((root / "train").rglob("*.JPEG"))[0]
+    shutil.copy(src, src.with_name("extra.JPEG"))
+    extra = tvd.ImageFolder(root / "train")
+    d = sample_keys(extra).index(f"{src.parent.name}/extra.JPEG")
+    ReinforcedDataset(Subset(extra, [k for k in range(len(extra)) if k != d]), imagenet.store)  # extra not served
+    with pytest.raises(AlignmentError, match=r"sample 1 \(key '.*/extra\.JPEG'.*is not in the store"):
+        ReinforcedDataset(Subset(extra, [1 if d == 0 else 0, d]), imagenet.store)

@@ -87,10 +87,47 @@ def test_resized_check_accepts_copies_and_rejects_other_pictures_and_aspect_rati
     assert "another picture" in IdentityChecker(store, "resized").problem(0, b.resize(a.size), digest_bytes(b""))
     squashed = a.resize((a.width, a.height // 2))
     assert "aspect ratio" in IdentityChecker(store, "resized").problem(0, squashed, digest_bytes(b""))
-    # the thumbnail is compared on a sample's first decode in a process; the aspect ratio on every decode
+    # the aspect ratio and the thumbnail are checked on every decode: a file swapped after its first decode
+    # fails; a decode of the very bytes already checked (equal digest) reuses the verdict
     checker = IdentityChecker(store, "resized")
-    assert checker.problem(1, b, digest_bytes(b"")) is None
-    assert checker.problem(1, a.resize(b.size), digest_bytes(b"")) is None
-    assert "aspect ratio" in checker.problem(1, b.resize((b.width, b.height // 2)), digest_bytes(b""))
+    db, da = digest_bytes(_jpeg(b)), digest_bytes(_jpeg(a.resize(b.size)))
+    assert checker.problem(1, b, db) is None and checker.problem(1, b, db) is None
+    assert "another picture" in checker.problem(1, a.resize(b.size), da)
+    assert checker.problem(1, b, db) is None
+    assert "aspect ratio" in checker.problem(1, b.resize((b.width, b.height // 2)), db)
     with pytest.raises(ArgumentError, match="Unknown value 'fast' for argument check"):
         IdentityChecker(store, "fast")
+
+
+def test_resized_check_catches_files_swapped_between_epochs_under_persistent_workers(tmp_path):
+    """Two same-size pictures swapped on disk after epoch 0: a persistent worker's next decode must fail."""
+    from torch.utils.data import DataLoader
+
+    from fakes.replay_store import write_replay_store
+    from imagenet_plus import create_policy
+    from imagenet_plus.adapters import create_adapter
+    from imagenet_plus.datasets import ReinforcedDataset
+
+    images = photo_crops(4, seed=11, min_size=40, max_size=40)
+    files = []
+    for k, image in enumerate(images):
+        f = tmp_path / "data" / f"c{k % 2}" / f"{k}.jpg"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(_jpeg(image))
+        files.append(f)
+    assert _diff(decode_bytes(files[0].read_bytes(), "0"), decode_bytes(files[1].read_bytes(), "1")) > \
+        FINGERPRINT_TOLERANCE  # two different pictures of the same size
+    base = create_adapter("imagefolder", tmp_path / "data", "train")
+    write_replay_store(tmp_path / "store", base, create_policy("rrc", output_size=16), num_augmentations=2,
+                       topk=2)
+    ds = ReinforcedDataset(base, tmp_path / "store", check="resized", seed=0, p_original=0.0)
+    loader = DataLoader(ds, batch_size=2, num_workers=1, persistent_workers=True)
+    ds.set_epoch(0)
+    assert sum(len(x) for x, _ in loader) == 4
+    one, two = files[0].read_bytes(), files[1].read_bytes()
+    files[0].write_bytes(two)
+    files[1].write_bytes(one)
+    ds.set_epoch(1)
+    with pytest.raises(AlignmentError, match=r"another picture than the store's image"):
+        for _ in loader:
+            pass

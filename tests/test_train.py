@@ -402,3 +402,167 @@ def test_gpu_train_check_small_on_cpu(tmp_path, capsys):
         assert res[mode]["images_per_s"] > 0 and res[mode]["steps"] > 0
     assert res["plus_over_erm"] == pytest.approx(res["plus"]["images_per_s"] / res["erm"]["images_per_s"])
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the command line and its inputs
+def _replay_store(root: Path, policy, samples: int | None) -> str:
+    """A store of random top-k targets over the first ``samples`` training digits (all when None): no teacher."""
+    from torch.utils.data import Subset
+
+    from fakes.replay_store import write_replay_store
+    from imagenet_plus.adapters import Digits, adapt
+
+    base = Digits(split="train", image_size=32)
+    write_replay_store(root, adapt(base if samples is None else Subset(base, range(samples))), policy,
+                       num_augmentations=2, topk=3, samples_per_shard=512, augs_per_shard=2)
+    return str(root)
+
+
+def test_the_script_imports_the_installed_package_not_the_repository(tmp_path):
+    """examples/train.py run from a checkout must use the installed imagenet_plus (here: PYTHONPATH), never the
+    repository next to it: a decoy package there must not be imported."""
+    import subprocess
+
+    repo = tmp_path / "checkout"
+    shutil.copytree(EXAMPLES, repo / "examples", ignore=shutil.ignore_patterns("__pycache__", "recipes"))
+    (repo / "imagenet_plus").mkdir()
+    (repo / "imagenet_plus" / "__init__.py").write_text("raise ImportError('the checkout was imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # stands for the installed wheel
+    res = subprocess.run([sys.executable, str(repo / "examples" / "train.py"), "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "--recipe" in res.stdout and "checkout was imported" not in res.stderr
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: "), err  # one line, no traceback
+    return err[0]
+
+
+def test_errors_are_one_line_with_the_clis_exit_codes(digits, tmp_path, capsys):
+    assert train_script.run(_args(digits, "erm", tmp_path / "a", "--set", "optimizer.lrr=0.1")) == 2  # usage
+    assert "unknown recipe key 'optimizer.lrr'" in _one_line_error(capsys)
+    assert train_script.run(["--recipe", str(tmp_path / "nope.yaml"), "--mode", "erm", "--out", "x"]) == 2
+    assert "nope.yaml does not exist" in _one_line_error(capsys)
+    assert train_script.run(_args(digits, "plus", tmp_path / "a", "--set", "mix={mixup_alpha: 0.2}")) == 2
+    assert "a plus store mixes through its own policy" in _one_line_error(capsys)
+    args = _args(digits, "plus", tmp_path / "b")
+    args[args.index("--reinforcements") + 1] = str(tmp_path / "no-store")
+    assert train_script.run(args) == 1  # a failure: the store is not there
+    assert "no-store" in _one_line_error(capsys)
+
+
+def test_kd_teacher_of_another_class_count_names_this_scripts_fix(digits, tmp_path, capsys):
+    from safetensors.torch import save_file
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=7)
+    seven = tmp_path / "seven.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(seven))
+    bare = tmp_path / "bare.safetensors"  # no sidecar: the classifier's rows say 7
+    shutil.copy(seven, bare)
+    seven.with_suffix(".json").write_text(json.dumps({"model": "test_resnet", "num_classes": 7}))
+    for ckpt in (seven, bare):
+        args = _args(digits, "kd", tmp_path / ckpt.stem)
+        args[args.index("--teacher-checkpoint") + 1] = str(ckpt)
+        assert train_script.run(args) == 1
+        line = _one_line_error(capsys)
+        assert f"{ckpt} ('test_resnet') classifies 7 classes, the dataset has 10" in line
+        assert "--teacher-checkpoint" in line and "--num-classes" not in line and "--allow-new-head" not in line
+        assert not (tmp_path / ckpt.stem).exists()  # a failed start leaves nothing
+
+
+def test_a_failed_start_does_not_block_the_corrected_rerun(digits, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _args(digits, "plus", out, "--epochs", "1", "--set", "scheduler.warmup_epochs=0")
+    wrong = list(args)
+    wrong[wrong.index("--reinforcements") + 1] = str(tmp_path / "typo")
+    assert train_script.run(wrong) == 1
+    assert not (out / "config.json").exists()
+    assert train_script.run(args) == 0  # the fixed command starts afresh
+    assert json.loads((out / "config.json").read_text())["recipe"]["reinforcements"] == digits["store"]
+    # a run killed before its first checkpoint kept nothing: its config.json does not bind the rerun either
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "config.json").write_text(json.dumps({"recipe": {"epochs": 99}, "torch": "x", "world_size": 1}))
+    assert train_script.run(_args(digits, "erm", crashed, "--epochs", "1", "--set", "scheduler.warmup_epochs=0")) == 0
+    assert json.loads((crashed / "config.json").read_text())["recipe"]["epochs"] == 1
+    capsys.readouterr()
+
+
+def test_one_epoch_under_a_recipe_with_one_warmup_epoch(digits, tmp_path, capsys):
+    out = tmp_path / "one"
+    assert load_recipe(RECIPE, "erm")["scheduler"]["warmup_epochs"] == 1
+    summary = train_script.main(_args(digits, "erm", out, "--epochs", "1"))
+    assert summary["epochs"] == 1
+    captured = capsys.readouterr()
+    assert "scheduler.warmup_epochs=1 lowered to 0" in captured.err
+    start = json.loads(captured.out.splitlines()[0])
+    assert start["event"] == "start" and any("warmup_epochs=1 lowered to 0" in n for n in start["notes"])
+    assert json.loads((out / "config.json").read_text())["recipe"]["scheduler"]["warmup_epochs"] == 0
+    train_script.main(_args(digits, "erm", out, "--epochs", "1"))  # the same command again: the same settings
+
+
+def test_plus_adopts_the_stores_policy_and_says_so(digits, tmp_path, capsys):
+    """A 48 px rrc store under the 32 px digits recipe: trains and evaluates at 48 px, records the store's policy."""
+    from imagenet_plus import create_policy
+
+    policy = create_policy("rrc", output_size=48)
+    store = _replay_store(tmp_path / "rrc48", policy, N_TRAIN)
+    out = tmp_path / "plus48"
+    args = _args(digits, "plus", out, "--epochs", "1")
+    args[args.index("--reinforcements") + 1] = store
+    train_script.main(args)
+    err = capsys.readouterr().err
+    assert "policy 'rrc' at 48 px, the recipe's policy is 'cifar' at 32 px; training on the store's policy" in err
+    assert "evaluation at resize 48 / crop 48" in err
+    recipe = json.loads((out / "config.json").read_text())["recipe"]
+    assert create_policy(recipe["policy"]) == policy and recipe["eval"]["crop"] == 48
+    assert json.loads((out / "model.json").read_text())["input_size"] == [3, 48, 48]
+    t = train_script.Trainer(load_recipe(RECIPE, "plus", [("reinforcements", store), ("workers", 0),
+                                                          ("data.train_samples", N_TRAIN)]), train_script.Dist("cpu"))
+    assert next(iter(t.loader))[0].shape[-1] == 48 and next(iter(t.eval_loader))[0].shape[-1] == 48
+    assert t.notes and train_script.resolve_run(t.r) == (t.r, [])  # resolving again changes nothing
+
+
+def test_readme_plus_command_with_a_store_of_every_training_digit(digits, tmp_path):
+    """builders/configs/digits-plus.yaml reinforces all 1,433 training digits; the recipe trains on the first 500."""
+    from imagenet_plus import ReinforcedDataset
+    from imagenet_plus.adapters import Digits
+
+    store = _replay_store(tmp_path / "all", digits["policy"], None)
+    t = train_script.Trainer(load_recipe(RECIPE, "plus", [("reinforcements", store), ("workers", 0)]),
+                             train_script.Dist("cpu"))
+    assert len(t.train_set) == 500
+    full = ReinforcedDataset(Digits(split="train"), store, seed=0, transform=_data.uint8_identity)
+    for e in (0, 1):
+        t.set_epoch(e)
+        full.set_epoch(e)
+        for i in (0, 77, 499):
+            a, b = t.train_set[i], full[i]
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_readme_names_what_finetune_teacher_writes_and_that_exif_orientation_is_ignored(tmp_path):
+    """The README's teacher passage names finetune_teacher.py's real output; its check table says EXIF
+    orientation is not applied, which the package's decoder confirms on a real JPEG with orientation 6."""
+    import io
+    import re
+
+    from PIL import Image
+
+    from imagenet_plus.imageio import decode_bytes
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    teacher = readme[readme.index("## Reinforce your own ImageFolder"):readme.index("`--teacher-input-size` is")]
+    assert "t.safetensors" not in teacher and "`<out>/<model>.safetensors` and `.json`" in teacher
+    m = re.search(r"--model\s+(\S+) --out (\S+)` does this and writes `(\S+)\.safetensors`", teacher.replace("\n", " "))
+    assert m and m.group(3) == f"{m.group(2)}/{m.group(1)}" and f"--teacher-checkpoint {m.group(3)}.safetensors" in teacher
+    assert re.search(r"EXIF orientation tag \| decoded as stored, not rotated", readme)
+    image = Image.new("RGB", (40, 24), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", exif=exif.tobytes())
+    assert decode_bytes(buf.getvalue(), "x.jpg").size == (40, 24)  # not rotated to 24x40
