@@ -66,7 +66,8 @@ class Checks:
         """``value`` as an ``int`` if it is an integer (not a bool) in ``[low, high]``; ``None`` if optional."""
         if value is None and optional:
             return None
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        t = type(value)
+        ok = t is int or (t is not bool and isinstance(value, numbers.Integral))
         if ok:
             value = int(value)
             ok = (low is None or value >= low) and (high is None or value <= high)
@@ -80,7 +81,8 @@ class Checks:
 
         ``low_open``: the interval is ``(low, high]``.
         """
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        t = type(value)
+        ok = (t is float or t is int or (t is not bool and isinstance(value, numbers.Real))) and math.isfinite(value)
         ok = ok and (low is None or value > low or (value == low and not low_open)) and (high is None or value <= high)
         if not ok:
             raise self.fail(value, name, f"a number in {_bounds(low, high, low_open)}")

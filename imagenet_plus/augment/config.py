@@ -39,8 +39,10 @@ flavour modules fill :data:`FLAVOURS` and :data:`PRESETS` when :mod:`imagenet_pl
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Mapping, Sequence
 
 from .._checks import Checks
@@ -63,36 +65,55 @@ _OWN_KEYS = ("name", "output_size", "mean", "std", "flavour")
 MERGE = object()
 
 
+def _copy(value: Any) -> Any:
+    """A deep copy; JSON-like values (dicts, lists, strings, numbers) without ``copy.deepcopy``'s overhead."""
+    t = type(value)
+    if t is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if t is list:
+        return [_copy(v) for v in value]
+    if t in (str, int, float, bool, type(None)):
+        return value
+    return copy.deepcopy(value)
+
+
+def _is_mapping(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, collections.abc.Mapping)
+
+
 def deep_merge(base: Mapping, over: Mapping, *, rule: Callable[[str, Any, Any], Any] | None = None,
                unknown: Callable[[str, list[str]], Exception] | None = None, prefix: str = "") -> dict:
-    """A deep copy of ``base`` with ``over`` merged into it, key by key.
+    """A deep copy of ``base`` with ``over`` merged into it, key by key (neither is modified).
 
     A key whose old and new values are both mappings is merged recursively; any other new value
     replaces the old one (deep-copied). Used for policy configs and the examples' training recipes.
 
     Args:
-        base: the settings merged into (not modified).
+        base: the settings merged into.
         over: the settings that win.
         rule: ``rule(path, old, new)`` for every key of ``over`` (``path`` dotted from the top,
-            ``old`` is :data:`MERGE` where ``base`` lacks the key): return the key's new value, or
-            :data:`MERGE` for the default rule; it may raise to refuse a value.
+            ``old`` is :data:`MERGE` where ``base`` lacks the key; neither may be modified): return
+            the key's new value, or :data:`MERGE` for the default rule; it may raise to refuse a value.
         unknown: refuse keys of ``over`` that ``base`` lacks: ``unknown(path, sorted keys of
             base at that level)`` returns the exception to raise. ``None``: new keys are added.
         prefix: the dotted path of ``base`` inside the whole (for ``rule`` and ``unknown``).
     """
-    out = copy.deepcopy(dict(base))
+    out = dict(base)
     for k, v in over.items():
         path = f"{prefix}{k}"
         if unknown is not None and k not in out:
             raise unknown(path, sorted(out))
-        old = out.get(k, MERGE)
+        old = base.get(k, MERGE)
         value = MERGE if rule is None else rule(path, old, v)
         if value is not MERGE:
             out[k] = value
-        elif isinstance(v, Mapping) and isinstance(old, Mapping):
+        elif _is_mapping(v) and _is_mapping(old):
             out[k] = deep_merge(old, v, rule=rule, unknown=unknown, prefix=path + ".")
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = _copy(v)
+    for k, v in base.items():
+        if k not in over:
+            out[k] = _copy(v)
     return out
 
 
@@ -103,7 +124,7 @@ class Flavour:
     name: str
     stages: tuple[type, ...]
 
-    @property
+    @cached_property
     def sections(self) -> dict[str, tuple[type, ...]]:
         """Section key -> the stage classes that read it (several: alternatives picked by ``kind``)."""
         out: dict[str, tuple[type, ...]] = {}
@@ -111,7 +132,7 @@ class Flavour:
             out[cls.section] = out.get(cls.section, ()) + (cls,)
         return out
 
-    @property
+    @cached_property
     def keys(self) -> tuple[str, ...]:
         """Every key a config of this flavour may hold, in the order the complete config lists them."""
         return ("name", "output_size", *self.sections, "mean", "std", "flavour")
@@ -171,15 +192,14 @@ def _defaults(flavour: Flavour) -> dict:
     """A config of ``flavour`` with every optional section off and the others at their defaults."""
     out: dict[str, Any] = {"name": "custom", "output_size": 224}
     for key, classes in flavour.sections.items():
-        out[key] = None if classes[0].optional else copy.deepcopy(classes[0].defaults)
+        out[key] = None if classes[0].optional else _copy(classes[0].defaults)
     return {**out, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def _kind_rule(path: str, old: Any, new: Any) -> Any:
     """Merge rule of policy configs: a section given with another ``kind`` replaces the old section."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping) and "kind" in old \
-            and new.get("kind", old["kind"]) != old["kind"]:
-        return copy.deepcopy(new)
+    if _is_mapping(old) and _is_mapping(new) and "kind" in old and new.get("kind", old["kind"]) != old["kind"]:
+        return _copy(new)
     return MERGE
 
 
@@ -209,8 +229,9 @@ def resolve_config(name_or_config: str | dict, overrides: dict | None = None) ->
     flavour = _flavour(*layers)
     cfg = _defaults(flavour)
     for layer in layers:
-        POLICY.keys(layer, "policy config", flavour.keys)
-        cfg = deep_merge(cfg, layer, rule=_kind_rule)
+        if layer:
+            POLICY.keys(layer, "policy config", flavour.keys)
+            cfg = deep_merge(cfg, layer, rule=_kind_rule)
     return _validate(cfg, flavour)
 
 
@@ -232,7 +253,7 @@ def _section(flavour: Flavour, key: str, value: Any, out: dict) -> Any:
         cls = first
         if not isinstance(value, dict):
             raise POLICY.fail(value, key, "a dict (section)" + (" or null to switch it off" if cls.optional else ""))
-    section = {**copy.deepcopy(cls.defaults), **value}
+    section = {**_copy(cls.defaults), **value}
     where = f"section {key!r}" + ("" if flavour.name == DEFAULT_FLAVOUR else f" of the {flavour.name} flavour")
     POLICY.keys(section, where, cls.defaults)
     return cls.check_section(section, out)
