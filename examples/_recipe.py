@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from imagenet_plus import registry
+from imagenet_plus.augment.config import MERGE, deep_merge
 from imagenet_plus.errors import ArgumentError
 
 __all__ = ["DEFAULTS", "MODES", "DATASETS", "MIX_DEFAULTS", "load_recipe", "parse_override", "recipe_digest"]
@@ -105,26 +106,24 @@ def _fail(where: str, key: str, value: Any, valid: str) -> ArgumentError:
 
 def _merge(base: dict, over: dict, where: str, prefix: str = "") -> dict:
     """``over`` merged into a copy of ``base``; keys absent from ``base`` are refused (typos)."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        key = f"{prefix}{k}"
-        if k not in out:
-            valid = ", ".join(sorted(out)) if out else "(none)"
-            raise ArgumentError(f"{where}: unknown recipe key {key!r}. Valid keys here are {{{valid}}}; "
-                                "see examples/_recipe.py for what each means.")
+    def unknown(key: str, valid: list[str]) -> ArgumentError:
+        return ArgumentError(f"{where}: unknown recipe key {key!r}. Valid keys here are "
+                             f"{{{', '.join(valid) or '(none)'}}}; see examples/_recipe.py for what each means.")
+
+    def rule(key: str, old: Any, new: Any) -> Any:
         if key.startswith("modes."):  # checked when merged over the recipe for its mode
-            if v is not None and not isinstance(v, dict):
-                raise _fail(where, key, v, "a mapping of recipe keys")
-            out[k] = copy.deepcopy(v) or {}
-        elif key in _SECTIONS_WITH_DEFAULTS and isinstance(v, dict):
-            out[k] = _merge(_SECTIONS_WITH_DEFAULTS[key], v, where, key + ".")
-        elif isinstance(out[k], dict) and key not in _FREE:
-            if not isinstance(v, dict):
-                raise _fail(where, key, v, "a mapping of " + ", ".join(sorted(out[k])))
-            out[k] = _merge(out[k], v, where, key + ".")
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+            if new is not None and not isinstance(new, dict):
+                raise _fail(where, key, new, "a mapping of recipe keys")
+            return copy.deepcopy(new) or {}
+        if key in _SECTIONS_WITH_DEFAULTS and isinstance(new, dict):
+            return deep_merge(_SECTIONS_WITH_DEFAULTS[key], new, rule=rule, unknown=unknown, prefix=key + ".")
+        if key in _FREE:
+            return copy.deepcopy(new)
+        if isinstance(old, dict) and not isinstance(new, dict):
+            raise _fail(where, key, new, "a mapping of " + ", ".join(sorted(old)))
+        return MERGE
+
+    return deep_merge(base, over, rule=rule, unknown=unknown, prefix=prefix)
 
 
 def _check_leaf(where: str, key: str, value: Any, default: Any) -> None:

@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms as T
 
 from fakes.mldr_archive import PUBLISHED, draw_sample, mldr_config
-from imagenet_plus.augment.config import RA_OPS
+from imagenet_plus.augment import RA_OPS
 from imagenet_plus.errors import ImportFormatError
 from imagenet_plus.mldr import MLDR_RA_OPS, VARIANTS, decode_records, parse_config
 from imagenet_plus.mldr._config import ra_magnitude_table
@@ -79,11 +79,13 @@ def test_ra_ops_and_magnitudes_match_torchvision():
     (lambda c: c["reinforce"].update(joblib=True), "joblib=True"),
     (lambda c: c.update(dataset="svhn"), "dataset 'svhn'"),
     (lambda c: c.update(num_classes=10), "num_classes 10"),
-    (lambda c: c["reinforce"].update(num_samples=0), "num_samples = 0"),
+    (lambda c: c["reinforce"].update(num_samples=0), r"Invalid value 0 for config option reinforce\.num_samples\. "),
     (lambda c: c["reinforce"]["image_augmentation"]["rand_augment"].update(interpolation="bilinear"),
      r"rand_augment sets \['interpolation'\]"),
     (lambda c: c["reinforce"]["image_augmentation"]["normalize"].update(std=[0.2, 0.0, 0.1]), "positive std"),
     (lambda c: c["reinforce"]["image_augmentation"]["random_resized_crop"].update(size=[224, 200]), "square size"),
+    (lambda c: c["reinforce"]["image_augmentation"]["random_resized_crop"].update(scale=[0.5, 0.1]),
+     r"Invalid value \[0\.5, 0\.1\] for config option random_resized_crop\.scale\. .*low <= high"),
     (lambda c: c.pop("reinforce"), "not an ml-dr reinforcement config"),
 ])
 def test_unknown_configs_are_refused_listing_the_known_variants(mutate, match):

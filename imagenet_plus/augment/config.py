@@ -1,16 +1,23 @@
-"""Policy configs: the presets of the paper and their validation.
+"""Policy configs: the flavour registry, the deep merge, and resolving a config from its stages' sections.
 
 A policy config is a plain, JSON-able dict (it is stored in the manifest and
 may come from YAML). :func:`resolve_config` fills in every default, checks
 every key and value, and returns the *complete* config; a policy rebuilt from
 that dict is the same policy. Unknown keys, unknown names and out-of-range
 values raise :class:`~imagenet_plus.errors.PolicyError` naming the key, the
-value and the valid values.
+value and the valid values (the checks of :class:`imagenet_plus._checks.Checks`, as :data:`POLICY`).
 
-Keys (sections set to ``None`` are switched off)::
+The config's own keys are ``name`` (free-form; the preset's name by default), ``output_size``
+(S, the side of the square output image, 8 .. 4096), ``mean`` and ``std`` (normalisation
+constants, 3 floats each; ImageNet's by default) and ``flavour``. Every other key is a stage's
+*section*: each stage class declares its own (:class:`~imagenet_plus.augment.stages.Stage`:
+``section``, ``defaults``, ``optional``, ``kind`` and ``check_section``), and a *flavour* is an
+ordered list of stage classes registered under a name (:func:`register_flavour`; the package's own,
+``"torchvision"``, in :mod:`~imagenet_plus.augment.stages`, whose presets are the paper's
+policies, and ``"ml-dr"`` in :mod:`~imagenet_plus.augment.mldr`). A config without ``flavour``
+is the torchvision flavour and records none, so existing configs are unchanged. The
+torchvision flavour's sections (set a section to ``None`` to switch it off)::
 
-    name          free-form label (the preset's name by default)
-    output_size   S, the side of the square output image (8 .. 4096)
     geometry      {"kind": "rrc", "scale": [0.08, 1.0], "ratio": [3/4, 4/3],
                    "interpolation": "bilinear", "antialias": True}
                   or {"kind": "pad_crop", "padding": 16, "fill": 0,
@@ -21,222 +28,251 @@ Keys (sections set to ``None`` are switched off)::
                    "interpolation": "nearest", "fill": 0}
     erasing       {"p": 0.25, "scale": [0.02, 0.33], "ratio": [0.3, 3.3], "value": 0}
     mix           {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 1.0}
-    mean, std     normalisation constants (3 floats each; ImageNet's by default)
-    flavour       absent (torchvision's semantics) or "ml-dr": apple/ml-dr's replay semantics
-                  (PIL crops, MixUp then CutMix on normalised floats with the partner's params
-                  stored inline; its "mix" section has other keys): see
-                  :mod:`imagenet_plus.augment.mldr`. Configs without it are unchanged.
+
+``"flavour": "ml-dr"`` is apple/ml-dr's replay semantics (PIL crops, MixUp then CutMix on
+normalised floats with the partner's params stored inline; its ``mix`` section has other keys):
+see :mod:`imagenet_plus.augment.mldr`.
+
+This module imports no stage: stage classes are described by what they declare, and the
+flavour modules fill :data:`FLAVOURS` and :data:`PRESETS` when :mod:`imagenet_plus.augment` is imported.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import copy
-import math
-from typing import Any
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Mapping, Sequence
 
+from .._checks import Checks
 from ..errors import PolicyError
 
-__all__ = ["PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "RA_OPS", "FLAVOURS", "resolve_config"]
+__all__ = ["PRESETS", "IMAGENET_MEAN", "IMAGENET_STD", "FLAVOURS", "DEFAULT_FLAVOUR", "POLICY", "Flavour",
+           "register_flavour", "resolve_config", "deep_merge", "MERGE"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: The 14 RandAugment ops of torchvision (``transforms.v2.RandAugment``), in its order;
-#: the stored op id is the index in this tuple.
-RA_OPS = (
-    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
-    "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
-)
+#: The checks of a policy config's keys: messages name "policy config key 'x'"; errors are PolicyError.
+POLICY = Checks("policy config key", PolicyError, quote=True)
+#: The flavour of a config without a ``flavour`` key.
+DEFAULT_FLAVOUR = "torchvision"
+#: The config's own keys; every other key is a stage's section.
+_OWN_KEYS = ("name", "output_size", "mean", "std", "flavour")
 
-_RRC = {"kind": "rrc", "scale": [0.08, 1.0], "ratio": [3.0 / 4.0, 4.0 / 3.0],
-        "interpolation": "bilinear", "antialias": True}
-_PAD_CROP = {"kind": "pad_crop", "padding": 16, "fill": 0, "interpolation": "bilinear", "antialias": True}
-_RA = {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31, "interpolation": "nearest", "fill": 0}
-_RE = {"p": 0.25, "scale": [0.02, 0.33], "ratio": [0.3, 3.3], "value": 0}
-_MIX = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 1.0}
+#: ``rule`` of :func:`deep_merge` returns this to let the default rule decide.
+MERGE = object()
 
 
-def _preset(name, geometry, ra, re, mix):
-    return {
-        "name": name, "output_size": 224, "geometry": geometry, "hflip": 0.5,
-        "randaugment": ra, "erasing": re, "mix": mix,
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-    }
+def _copy(value: Any) -> Any:
+    """A deep copy; JSON-like values (dicts, lists, strings, numbers) without ``copy.deepcopy``'s overhead."""
+    t = type(value)
+    if t is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if t is list:
+        return [_copy(v) for v in value]
+    if t in (str, int, float, bool, type(None)):
+        return value
+    return copy.deepcopy(value)
 
 
-#: The paper's policies (Faghri et al. 2023, Table 1 / Sec. 4): name -> complete config.
-PRESETS: dict[str, dict[str, Any]] = {
-    "rrc": _preset("rrc", _RRC, None, None, None),
-    "rrc+mix": _preset("rrc+mix", _RRC, None, None, _MIX),
-    "rrc+ra/re": _preset("rrc+ra/re", _RRC, _RA, _RE, None),
-    "rrc+mix+ra/re": _preset("rrc+mix+ra/re", _RRC, _RA, _RE, _MIX),
-    "cifar": _preset("cifar", _PAD_CROP, _RA, _RE, None),
-}
-
-_TOP_KEYS = ("name", "output_size", "geometry", "hflip", "randaugment", "erasing", "mix", "mean", "std", "flavour")
-#: Values of the ``flavour`` key: torchvision's semantics (the key absent) or apple/ml-dr's.
-FLAVOURS = ("torchvision", "ml-dr")
-_SECTION_DEFAULTS = {"randaugment": _RA, "erasing": _RE, "mix": _MIX}
-_GEOMETRY_DEFAULTS = {"rrc": _RRC, "pad_crop": _PAD_CROP}
+def _is_mapping(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, collections.abc.Mapping)
 
 
-def _fail(key: str, value: Any, valid: str) -> PolicyError:
-    return PolicyError(f"policy config key {key!r} has invalid value {value!r}; valid values: {valid}")
+def deep_merge(base: Mapping, over: Mapping, *, rule: Callable[[str, Any, Any], Any] | None = None,
+               unknown: Callable[[str, list[str]], Exception] | None = None, prefix: str = "") -> dict:
+    """A deep copy of ``base`` with ``over`` merged into it, key by key (neither is modified).
 
+    A key whose old and new values are both mappings is merged recursively; any other new value
+    replaces the old one (deep-copied). Used for policy configs and the examples' training recipes.
 
-def _check_keys(section: str, d: dict, allowed) -> None:
-    for k in d:
-        if k not in allowed:
-            where = f"section {section!r}" if section else "policy config"
-            raise PolicyError(
-                f"unknown key {k!r} in {where}; valid keys are {{{', '.join(allowed)}}}. Remove or rename it.")
-
-
-def _num(key, v, lo, hi, *, integer=False, lo_open=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-        raise _fail(key, v, f"{'an integer' if integer else 'a number'} in {'(' if lo_open else '['}{lo}, {hi}]")
-    if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
-        raise _fail(key, v, f"{'an integer' if integer else 'a number'} in {'(' if lo_open else '['}{lo}, {hi}]")
-    return int(v) if integer else float(v)
-
-
-def _pair(key, v, lo, hi, lo_open=False):
-    if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise _fail(key, v, f"a pair [low, high] of numbers in [{lo}, {hi}] with low <= high")
-    a, b = (_num(key, x, lo, hi, lo_open=lo_open) for x in v)
-    if a > b:
-        raise _fail(key, v, "a pair [low, high] with low <= high")
-    return [a, b]
-
-
-def _choice(key, v, valid):
-    if v not in valid:
-        raise _fail(key, v, "{" + ", ".join(map(str, valid)) + "}")
-    return v
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
+    Args:
+        base: the settings merged into.
+        over: the settings that win.
+        rule: ``rule(path, old, new)`` for every key of ``over`` (``path`` dotted from the top,
+            ``old`` is :data:`MERGE` where ``base`` lacks the key; neither may be modified): return
+            the key's new value, or :data:`MERGE` for the default rule; it may raise to refuse a value.
+        unknown: refuse keys of ``over`` that ``base`` lacks: ``unknown(path, sorted keys of
+            base at that level)`` returns the exception to raise. ``None``: new keys are added.
+        prefix: the dotted path of ``base`` inside the whole (for ``rule`` and ``unknown``).
+    """
+    out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            if k == "geometry" and v.get("kind", out[k]["kind"]) != out[k]["kind"]:
-                out[k] = copy.deepcopy(v)  # a different geometry kind replaces the section
-            else:
-                out[k] = _merge(out[k], v)
+        path = f"{prefix}{k}"
+        if unknown is not None and k not in out:
+            raise unknown(path, sorted(out))
+        old = base.get(k, MERGE)
+        value = MERGE if rule is None else rule(path, old, v)
+        if value is not MERGE:
+            out[k] = value
+        elif _is_mapping(v) and _is_mapping(old):
+            out[k] = deep_merge(old, v, rule=rule, unknown=unknown, prefix=path + ".")
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = _copy(v)
+    for k, v in base.items():
+        if k not in over:
+            out[k] = _copy(v)
     return out
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """A registered flavour: its stage classes in policy order, grouped by the section each declares."""
+
+    name: str
+    stages: tuple[type, ...]
+
+    @cached_property
+    def sections(self) -> dict[str, tuple[type, ...]]:
+        """Section key -> the stage classes that read it (several: alternatives picked by ``kind``)."""
+        out: dict[str, tuple[type, ...]] = {}
+        for cls in self.stages:
+            out[cls.section] = out.get(cls.section, ()) + (cls,)
+        return out
+
+    @cached_property
+    def keys(self) -> tuple[str, ...]:
+        """Every key a config of this flavour may hold, in the order the complete config lists them."""
+        return ("name", "output_size", *self.sections, "mean", "std", "flavour")
+
+    def stage_class(self, key: str, section: Any) -> type:
+        """The stage class of ``key`` for a checked ``section`` (by its ``kind`` where there are several)."""
+        classes = self.sections[key]
+        if classes[0].kind is None:
+            return classes[0]
+        return next(c for c in classes if c.kind == section["kind"])
+
+
+#: Flavour name -> :class:`Flavour`, filled by :func:`register_flavour`.
+FLAVOURS: dict[str, Flavour] = {}
+#: Preset name -> complete config (the paper's policies, Faghri et al. 2023, Table 1 / Sec. 4), filled by
+#: :func:`register_flavour`.
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def register_flavour(name: str, stages: Sequence[type], presets: Mapping[str, dict] | None = None) -> Flavour:
+    """Register a flavour: its stage classes in policy order (each declares its config section).
+
+    Stage classes that share a section are alternatives: each declares a distinct ``kind``, the
+    value of the section's ``"kind"`` key that picks it (the first is the default).
+
+    Raises:
+        PolicyError: the name or a preset name is taken, or a stage class's declaration is unusable.
+    """
+    if name in FLAVOURS:
+        raise PolicyError(f"register_flavour: flavour {name!r} is already registered; pick another name")
+    flavour = Flavour(name, tuple(stages))
+    for key, classes in flavour.sections.items():
+        if not isinstance(key, str) or not key or key in _OWN_KEYS:
+            raise PolicyError(f"register_flavour({name!r}): {classes[0].__name__}.section is {key!r}; a stage's "
+                              f"section is a config key other than {{{', '.join(_OWN_KEYS)}}}")
+        kinds = [c.kind for c in classes]
+        if len(classes) > 1 and (None in kinds or len(set(kinds)) != len(kinds)):
+            raise PolicyError(f"register_flavour({name!r}): {[c.__name__ for c in classes]} share section {key!r}; "
+                              f"alternatives need distinct kinds, got {kinds}")
+        if any(c.kind is not None and not isinstance(c.defaults, dict) for c in classes):
+            raise PolicyError(f"register_flavour({name!r}): section {key!r} has kinds, so its defaults must be dicts")
+    taken = sorted(set(presets or ()) & set(PRESETS))
+    if taken:
+        raise PolicyError(f"register_flavour({name!r}): preset names {taken} are already registered")
+    FLAVOURS[name] = flavour
+    PRESETS.update(presets or {})
+    return flavour
+
+
+def _flavour(*layers: Mapping) -> Flavour:
+    """The flavour the last layer that names one names (the default flavour if none does)."""
+    value = next((layer["flavour"] for layer in reversed(layers) if "flavour" in layer), DEFAULT_FLAVOUR)
+    return FLAVOURS[POLICY.choice(value, "flavour", tuple(FLAVOURS))]
+
+
+def _defaults(flavour: Flavour) -> dict:
+    """A config of ``flavour`` with every optional section off and the others at their defaults."""
+    out: dict[str, Any] = {"name": "custom", "output_size": 224}
+    for key, classes in flavour.sections.items():
+        out[key] = None if classes[0].optional else _copy(classes[0].defaults)
+    return {**out, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def _kind_rule(path: str, old: Any, new: Any) -> Any:
+    """Merge rule of policy configs: a section given with another ``kind`` replaces the old section."""
+    if _is_mapping(old) and _is_mapping(new) and "kind" in old and new.get("kind", old["kind"]) != old["kind"]:
+        return _copy(new)
+    return MERGE
 
 
 def resolve_config(name_or_config: str | dict, overrides: dict | None = None) -> dict:
     """Return the complete, validated config for a preset name or a (partial) config dict.
 
-    A dict without ``"name"`` (or with a name that is not a preset) starts from
-    the ``"rrc"`` defaults for the missing top-level keys; a dict whose
-    ``"name"`` is a preset starts from that preset. ``overrides`` are merged on
-    top (dict-valued sections are merged key by key; ``None`` switches a section off).
+    A dict without ``"name"`` (or with a name that is not a preset) starts from its flavour's
+    defaults with every optional section off; a dict whose ``"name"`` is a preset starts from that
+    preset. ``overrides`` are merged on top (dict-valued sections are merged key by key; a section
+    given with another ``kind`` replaces the old one; ``None`` switches a section off).
 
     Raises:
         PolicyError: unknown preset, unknown key, or invalid value.
     """
+    overrides = overrides or {}
     if isinstance(name_or_config, str):
         if name_or_config not in PRESETS:
-            raise _fail("name", name_or_config, "{" + ", ".join(PRESETS) + "} or a config dict")
-        cfg = copy.deepcopy(PRESETS[name_or_config])
+            raise POLICY.fail(name_or_config, "name", "{" + ", ".join(PRESETS) + "} or a config dict")
+        layers = [PRESETS[name_or_config], overrides]
     elif isinstance(name_or_config, dict):
-        _check_keys("", name_or_config, _TOP_KEYS)
-        base = PRESETS.get(name_or_config.get("name"), PRESETS["rrc"]) if isinstance(name_or_config.get("name"), str) \
-            else PRESETS["rrc"]
-        if name_or_config.get("name") not in PRESETS:
-            base = {**base, "randaugment": None, "erasing": None, "mix": None}
-        cfg = _merge(base, name_or_config)
-        if "name" not in name_or_config:
-            cfg["name"] = "custom"
+        name = name_or_config.get("name")
+        base = PRESETS.get(name) if isinstance(name, str) else None
+        layers = [base or {}, name_or_config, overrides]
     else:
         raise PolicyError(f"policy must be a preset name or a config dict, got {type(name_or_config).__name__}; "
                           f"valid names: {{{', '.join(PRESETS)}}}")
-    if overrides:
-        _check_keys("", overrides, _TOP_KEYS)
-        cfg = _merge(cfg, overrides)
-    return _validate(cfg)
+    flavour = _flavour(*layers)
+    cfg = _defaults(flavour)
+    for layer in layers:
+        if layer:
+            POLICY.keys(layer, "policy config", flavour.keys)
+            cfg = deep_merge(cfg, layer, rule=_kind_rule)
+    return _validate(cfg, flavour)
 
 
-def _section(cfg, key, defaults):
-    v = cfg.get(key)
-    if v is None or v is False:
+def _section(flavour: Flavour, key: str, value: Any, out: dict) -> Any:
+    """The checked section ``key`` of the config being validated (``out``: the checked keys so far)."""
+    classes = flavour.sections[key]
+    first = classes[0]
+    if first.optional and (value is None or value is False):
         return None
-    if not isinstance(v, dict):
-        raise _fail(key, v, "a dict (section) or null to switch it off")
-    _check_keys(key, v, tuple(defaults))
-    return {**copy.deepcopy(defaults), **v}
+    if not isinstance(first.defaults, dict):  # a one-value section (e.g. hflip)
+        return first.check_section(value, out)
+    if first.kind is not None:
+        kinds = tuple(c.kind for c in classes)
+        if not isinstance(value, dict):
+            raise POLICY.fail(value, key, f'a dict with "kind" in {{{", ".join(kinds)}}}')
+        kind = POLICY.choice(value.get("kind", first.kind), f"{key}.kind", kinds)
+        cls = next(c for c in classes if c.kind == kind)
+    else:
+        cls = first
+        if not isinstance(value, dict):
+            raise POLICY.fail(value, key, "a dict (section)" + (" or null to switch it off" if cls.optional else ""))
+    section = {**_copy(cls.defaults), **value}
+    where = f"section {key!r}" + ("" if flavour.name == DEFAULT_FLAVOUR else f" of the {flavour.name} flavour")
+    POLICY.keys(section, where, cls.defaults)
+    return cls.check_section(section, out)
 
 
-def _validate(cfg: dict) -> dict:
+def _validate(cfg: dict, flavour: Flavour) -> dict:
     out: dict[str, Any] = {}
     name = cfg.get("name", "custom")
     if not isinstance(name, str):
-        raise _fail("name", name, "a string")
+        raise POLICY.fail(name, "name", "a string")
     out["name"] = name
-    flavour = _choice("flavour", cfg.get("flavour", "torchvision"), FLAVOURS)
-    if flavour != "torchvision":  # only recorded when set: every torchvision-flavour config stays as it was
-        out["flavour"] = flavour
-    size = out["output_size"] = _num("output_size", cfg.get("output_size", 224), 8, 4096, integer=True)
-
-    geo = cfg.get("geometry")
-    if not isinstance(geo, dict):
-        raise _fail("geometry", geo, 'a dict with "kind" in {rrc, pad_crop}')
-    kind = _choice("geometry.kind", geo.get("kind", "rrc"), tuple(_GEOMETRY_DEFAULTS))
-    g = {**copy.deepcopy(_GEOMETRY_DEFAULTS[kind]), **geo}
-    _check_keys("geometry", g, tuple(_GEOMETRY_DEFAULTS[kind]))
-    if kind == "rrc":
-        g["scale"] = _pair("geometry.scale", g["scale"], 0.0, 1.0, lo_open=True)
-        g["ratio"] = _pair("geometry.ratio", g["ratio"], 0.0, 100.0, lo_open=True)
-    else:
-        g["padding"] = _num("geometry.padding", g["padding"], 0, 4096, integer=True)
-        g["fill"] = _num("geometry.fill", g["fill"], 0, 255, integer=True)
-    g["interpolation"] = _choice("geometry.interpolation", g["interpolation"], ("bilinear", "bicubic", "nearest"))
-    if not isinstance(g["antialias"], bool):
-        raise _fail("geometry.antialias", g["antialias"], "true or false")
-    out["geometry"] = g
-    out["hflip"] = _num("hflip", cfg.get("hflip", 0.5), 0.0, 1.0)
-
-    ra = _section(cfg, "randaugment", _RA)
-    if ra is not None:
-        ra["num_ops"] = _num("randaugment.num_ops", ra["num_ops"], 0, 6, integer=True)
-        ra["num_magnitude_bins"] = _num("randaugment.num_magnitude_bins", ra["num_magnitude_bins"], 2, 1000,
-                                        integer=True)
-        ra["magnitude"] = _num("randaugment.magnitude", ra["magnitude"], 0, ra["num_magnitude_bins"] - 1,
-                               integer=True)
-        ra["interpolation"] = _choice("randaugment.interpolation", ra["interpolation"], ("nearest", "bilinear"))
-        ra["fill"] = _num("randaugment.fill", ra["fill"], 0, 255, integer=True)
-    out["randaugment"] = ra
-
-    re = _section(cfg, "erasing", _RE)
-    if re is not None:
-        re["p"] = _num("erasing.p", re["p"], 0.0, 1.0)
-        re["scale"] = _pair("erasing.scale", re["scale"], 0.0, 1.0, lo_open=True)
-        re["ratio"] = _pair("erasing.ratio", re["ratio"], 0.0, 100.0, lo_open=True)
-        re["value"] = _num("erasing.value", re["value"], 0, 255, integer=True)
-    out["erasing"] = re
-
-    if flavour == "ml-dr":
-        from .mldr import check_config
-
-        mix = check_config(cfg, out)
-    else:
-        mix = _section(cfg, "mix", _MIX)
-    if mix is not None and flavour == "torchvision":
-        mix["mixup_alpha"] = _num("mix.mixup_alpha", mix["mixup_alpha"], 0.0, 100.0)
-        mix["cutmix_alpha"] = _num("mix.cutmix_alpha", mix["cutmix_alpha"], 0.0, 100.0)
-        if mix["mixup_alpha"] == 0 and mix["cutmix_alpha"] == 0:
-            raise _fail("mix", mix, "at least one of mixup_alpha, cutmix_alpha > 0 (or mix: null to switch mixing off)")
-        mix["switch_prob"] = _num("mix.switch_prob", mix["switch_prob"], 0.0, 1.0)
-        mix["prob"] = _num("mix.prob", mix["prob"], 0.0, 1.0)
-    out["mix"] = mix
-
+    if flavour.name != DEFAULT_FLAVOUR:  # only recorded when set: every torchvision-flavour config stays as it was
+        out["flavour"] = flavour.name
+    out["output_size"] = POLICY.int(cfg.get("output_size", 224), "output_size", low=8, high=4096)
+    for key in flavour.sections:
+        out[key] = _section(flavour, key, cfg.get(key), out)
     for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         v = cfg.get(key, list(default))
         if not isinstance(v, (list, tuple)) or len(v) != 3:
-            raise _fail(key, v, "a list of 3 numbers (per RGB channel, on the [0, 1] scale)")
-        out[key] = [_num(key, x, 0.0, 1e3, lo_open=(key == "std")) for x in v]
+            raise POLICY.fail(v, key, "a list of 3 numbers (per RGB channel, on the [0, 1] scale)")
+        out[key] = [POLICY.number(x, key, low=0.0, high=1e3, low_open=(key == "std")) for x in v]
     return out

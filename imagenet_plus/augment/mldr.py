@@ -45,7 +45,6 @@ unmixed draws (``mix=False``: original images' augmentations) are possible.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Mapping
 
 import numpy as np
@@ -56,12 +55,12 @@ from ..errors import PolicyError
 from ..schema import Field
 from . import ops as _ops
 from ._device import upload
-from .config import _fail, _num
+from .config import POLICY, register_flavour
 from .stages import (MAX_PARTNER, Batch, Erasing, Flip, Mixing, PadCrop, RandAugment, Records, ResizedCrop, Stage,
                      _box_dtype, _check_boxes, host, pack_slots, write_unmixed)
 
-__all__ = ["MIX_DEFAULTS", "LAM_ONE_BITS", "V1_OPS", "check_config", "create_mldr_stages", "PILResizedCrop",
-           "PILPadCrop", "V1RandAugment", "MLDRMixing", "apply_ra_op_v1", "lam_to_bits", "lam_from_bits"]
+__all__ = ["MIX_DEFAULTS", "LAM_ONE_BITS", "V1_OPS", "MLDR", "PILResizedCrop", "PILPadCrop", "V1RandAugment",
+           "MLDRMixing", "apply_ra_op_v1", "lam_to_bits", "lam_from_bits"]
 
 #: The ``mix`` section of an ml-dr config: MixUp ``Beta(alpha, alpha) / div_by`` with probability
 #: ``mixup_p``, CutMix ``Beta(alpha, alpha)`` with probability ``cutmix_p``, independently (ml-dr's
@@ -81,35 +80,12 @@ def lam_from_bits(bits) -> np.ndarray:
     return np.asarray(bits, dtype=np.int64).astype(np.uint32).view(np.float32)
 
 
-def check_config(cfg: dict, out: dict) -> dict | None:
-    """The ml-dr flavour's checks (called by ``resolve_config``): returns the complete ``mix`` section.
-
-    Args:
-        cfg: the config as given.
-        out: the validated config so far (geometry, RandAugment, erasing).
-
-    Raises:
-        PolicyError: a geometry ml-dr cannot have (it resized with PIL's antialiased bilinear) or
-            a bad ``mix`` section (unknown key, value out of range).
-    """
-    g = out["geometry"]
-    if g["interpolation"] != "bilinear" or g["antialias"] is not True:
-        raise _fail("geometry", {k: g[k] for k in ("interpolation", "antialias")},
-                    'interpolation "bilinear" with antialias true for flavour "ml-dr" (PIL\'s resize)')
-    v = cfg.get("mix")
-    if v is None or v is False:
-        return None
-    if not isinstance(v, dict):
-        raise _fail("mix", v, "a dict (section) or null to switch it off")
-    unknown = sorted(set(v) - set(MIX_DEFAULTS))
-    if unknown:
-        raise PolicyError(f"unknown key {unknown[0]!r} in section 'mix' of an ml-dr policy; valid keys are "
-                          f"{{{', '.join(MIX_DEFAULTS)}}}. Remove or rename it.")
-    mix = {**copy.deepcopy(MIX_DEFAULTS), **v}
-    for key, lo, hi in (("mixup_alpha", 0.0, 100.0), ("mixup_p", 0.0, 1.0), ("mixup_div_by", 1.0, 1e6),
-                        ("cutmix_alpha", 0.0, 100.0), ("cutmix_p", 0.0, 1.0)):
-        mix[key] = _num(f"mix.{key}", mix[key], lo, hi)
-    return mix
+def _check_pil_resize(section: dict) -> dict:
+    """ml-dr resized with PIL's antialiased bilinear: a geometry section with any other resize is refused."""
+    if section["interpolation"] != "bilinear" or section["antialias"] is not True:
+        raise POLICY.fail({k: section[k] for k in ("interpolation", "antialias")}, "geometry",
+                          'interpolation "bilinear" with antialias true for flavour "ml-dr" (PIL\'s resize)')
+    return section
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -126,6 +102,10 @@ def _tensor(image: Image.Image) -> torch.Tensor:
 class PILResizedCrop(ResizedCrop):
     """RandomResizedCrop on the PIL image, as ml-dr's loader: the stored box, then PIL's bilinear resize to S."""
 
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        return _check_pil_resize(super().check_section(section, config))
+
     def crop(self, x, params: Mapping[str, Any]) -> torch.Tensor:
         top, left, h, w = self.box(x, params)
         region = _pil(x).crop((left, top, left + w, top + h))
@@ -134,6 +114,10 @@ class PILResizedCrop(ResizedCrop):
 
 class PILPadCrop(PadCrop):
     """CIFAR's ``Resize(S)`` by PIL (bilinear), then the zero-padded random S x S crop."""
+
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        return _check_pil_resize(super().check_section(section, config))
 
     def crop(self, x, params: Mapping[str, Any]) -> torch.Tensor:
         top, left, rh, rw = self.offsets(x, params)
@@ -181,6 +165,19 @@ class MLDRMixing(Mixing):
     """
 
     name = "mix"
+    defaults = MIX_DEFAULTS
+
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        for key, lo, hi in (("mixup_alpha", 0.0, 100.0), ("mixup_p", 0.0, 1.0), ("mixup_div_by", 1.0, 1e6),
+                            ("cutmix_alpha", 0.0, 100.0), ("cutmix_p", 0.0, 1.0)):
+            section[key] = POLICY.number(section[key], f"mix.{key}", low=lo, high=hi)
+        return section
+
+    @classmethod
+    def create(cls, section: dict, config: dict, earlier: list[Stage]) -> MLDRMixing:
+        shared = pack_slots(earlier)  # the policy packs the same slots again, identically
+        return cls(section, config["output_size"], earlier, _single_fields(earlier, shared))
 
     def __init__(self, config: dict, size: int, single: list[Stage], single_fields: list[Field]):
         self.config, self.size = config, size
@@ -269,17 +266,5 @@ def _single_fields(single: list[Stage], shared: Field | None) -> list[Field]:
     return out
 
 
-def create_mldr_stages(config: dict) -> list[Stage]:
-    """The stages of a complete ``ml-dr`` flavour config, in order (``create_stages`` calls this)."""
-    size = config["output_size"]
-    g = config["geometry"]
-    single: list[Stage] = [PILResizedCrop(g, size) if g["kind"] == "rrc" else PILPadCrop(g, size),
-                           Flip(config["hflip"])]
-    if config["randaugment"]:
-        single.append(V1RandAugment(config["randaugment"]))
-    if config["erasing"]:
-        single.append(Erasing(config["erasing"], size))
-    if not config["mix"]:
-        return single
-    shared = pack_slots(single)  # the policy packs the same slots again, identically
-    return [*single, MLDRMixing(config["mix"], size, single, _single_fields(single, shared))]
+#: The ``ml-dr`` flavour: the torchvision flavour's sections with ml-dr's stages.
+MLDR = register_flavour("ml-dr", (PILResizedCrop, PILPadCrop, Flip, V1RandAugment, Erasing, MLDRMixing))

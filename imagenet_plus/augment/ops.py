@@ -26,10 +26,15 @@ from torchvision.transforms.v2 import functional as F
 
 from ..errors import PolicyError
 from ._device import cached_upload, upload
-from .config import RA_OPS
 
-__all__ = ["SIGNED_OPS", "ra_magnitude", "apply_ra_op", "apply_randaugment", "erase", "mix"]
+__all__ = ["RA_OPS", "SIGNED_OPS", "ra_magnitude", "apply_ra_op", "apply_randaugment", "erase", "mix"]
 
+#: The 14 RandAugment ops of torchvision (``transforms.v2.RandAugment``), in its order;
+#: the stored op id is the index in this tuple.
+RA_OPS = (
+    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
+    "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize",
+)
 #: Ops whose magnitude is negated with probability 1/2 (torchvision's ``signed`` flag).
 SIGNED_OPS = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
                         "Brightness", "Color", "Contrast", "Sharpness"})

@@ -1,6 +1,7 @@
 """The augmentation policy as a short list of stages, one class per step of torchvision's order.
 
-Each stage declares the record fields it owns and implements up to four steps:
+Each stage declares its config section and the record fields it owns, and implements up to
+four steps:
 
 * ``sample(records, out)``: draw its parameters for many records at once from
   :func:`imagenet_plus._rng.uniforms` on its own stream(s), and write them into ``out``;
@@ -10,8 +11,16 @@ Each stage declares the record fields it owns and implements up to four steps:
 * ``finish(x, batch)``: the batched photometric step on any device (RandAugment,
   erasing, mixing).
 
-:class:`~imagenet_plus.augment.policy.Policy` builds the list from a config
-(:func:`create_stages`) and loops over it. Stages that need only a few bits share one
+A stage's config section is its class's declaration: ``section`` (the config key), ``defaults``
+(a dict: a section of keys, unknown keys refused; anything else: a one-value section such as
+``hflip``), ``optional`` (``None`` switches the stage off), ``kind`` (alternatives of one section,
+such as the two geometries, picked by its ``"kind"`` key) and :meth:`Stage.check_section` (the
+checks, in :data:`~imagenet_plus.augment.config.POLICY`'s vocabulary); :meth:`Stage.create`
+builds the stage from its checked section. A flavour is a list of stage classes registered under
+a name (:func:`~imagenet_plus.augment.config.register_flavour`); this module registers the
+package's own, ``"torchvision"``, with the paper's presets. Adding a stage means one class here
+and one entry in that list. :class:`~imagenet_plus.augment.policy.Policy` builds the list from a
+config (:func:`create_stages`) and loops over it. Stages that need only a few bits share one
 integer field, ``ops``: :func:`pack_slots` gives each such stage a :class:`Slot` (a bit
 range of that field) in stage order, so the flip owns bit 0 and RandAugment the 5 bits
 per op after it; any stage can read any slot.
@@ -25,6 +34,7 @@ geometry, v1 RandAugment kernels, ml-dr's mixing with the partner's params inlin
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -37,10 +47,11 @@ from ..errors import PolicyError
 from ..schema import Field
 from . import ops as _ops
 from . import sampling as _s
-from .config import RA_OPS
+from .config import DEFAULT_FLAVOUR, FLAVOURS, IMAGENET_MEAN, IMAGENET_STD, POLICY, register_flavour
+from .ops import RA_OPS
 
 __all__ = ["Records", "Batch", "Slot", "Stage", "ResizedCrop", "PadCrop", "Flip", "RandAugment", "Erasing",
-           "Mixing", "pack_slots", "create_stages", "write_unmixed"]
+           "Mixing", "pack_slots", "create_stages", "write_unmixed", "TORCHVISION"]
 
 MAX_PARTNER = 2**32 - 1
 _OPS_DOC = "bit 0 flip; per RandAugment op: 4 bits op id, 1 bit negative magnitude"
@@ -114,11 +125,29 @@ class Stage:
     """One step of the policy; the defaults do nothing (see the module docstring)."""
 
     name: str = ""
+    #: the config key of this stage's section, its defaults (a dict: a section of keys; else one value),
+    #: whether ``None`` switches the stage off, and (alternatives sharing a section) the ``"kind"`` that picks it
+    section: str = ""
+    defaults: Any = None
+    optional: bool = False
+    kind: str | None = None
     #: the record fields this stage owns
     fields: tuple[Field, ...] = ()
     #: how many bits this stage needs in the shared ``ops`` field, and where they are
     bits: int = 0
     slot: Slot | None = None
+
+    @classmethod
+    def check_section(cls, section: Any, config: dict) -> Any:
+        """The checked section (defaults filled in, unknown keys refused already); ``config``: the checked
+        config so far (``output_size`` and the earlier sections). Raise :class:`PolicyError` (``POLICY``'s
+        checks) naming the key."""
+        return section
+
+    @classmethod
+    def create(cls, section: Any, config: dict, earlier: list[Stage]) -> Stage:
+        """This stage from its checked section, the complete config and the stages before it."""
+        return cls(section, config["output_size"])
 
     def sample(self, records: Records, out: dict[str, np.ndarray]) -> None:
         """Write this stage's parameters of ``records`` into ``out`` (int arrays ``[N, ...]``)."""
@@ -180,7 +209,16 @@ class ResizedCrop(Stage):
     """
 
     name = "geometry"
+    section, kind = "geometry", "rrc"
+    defaults = {"kind": "rrc", "scale": [0.08, 1.0], "ratio": [3.0 / 4.0, 4.0 / 3.0], "interpolation": "bilinear",
+                "antialias": True}
     STREAM = 1
+
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        section["scale"] = POLICY.pair(section["scale"], "geometry.scale", low=0.0, high=1.0, low_open=True)
+        section["ratio"] = POLICY.pair(section["ratio"], "geometry.ratio", low=0.0, high=100.0, low_open=True)
+        return _check_resize(section)
 
     def __init__(self, config: dict, size: int):
         self.config, self.size = config, size
@@ -217,6 +255,13 @@ class ResizedCrop(Stage):
                         antialias=self.config["antialias"])
 
 
+def _check_resize(section: dict) -> dict:
+    section["interpolation"] = POLICY.choice(section["interpolation"], "geometry.interpolation",
+                                             ("bilinear", "bicubic", "nearest"))
+    section["antialias"] = POLICY.flag(section["antialias"], "geometry.antialias")
+    return section
+
+
 def resized_shape(size: int, heights, widths) -> tuple[np.ndarray, np.ndarray]:
     """(height, width) after resizing the shorter side to ``size``, as torchvision's ``Resize(size)``."""
     H = np.asarray(heights, np.int64)
@@ -233,7 +278,15 @@ class PadCrop(Stage):
     """
 
     name = "geometry"
+    section, kind = "geometry", "pad_crop"
+    defaults = {"kind": "pad_crop", "padding": 16, "fill": 0, "interpolation": "bilinear", "antialias": True}
     STREAM = 1
+
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        section["padding"] = POLICY.int(section["padding"], "geometry.padding", low=0, high=4096)
+        section["fill"] = POLICY.int(section["fill"], "geometry.fill", low=0, high=255)
+        return _check_resize(section)
 
     def __init__(self, config: dict, size: int):
         self.config, self.size = config, size
@@ -279,17 +332,22 @@ class PadCrop(Stage):
         return padded[:, top:top + S, left:left + S]
 
 
-#: the geometry stage of each ``geometry.kind``
-GEOMETRY = {"rrc": ResizedCrop, "pad_crop": PadCrop}
-
-
 # ----------------------------------------------------------------------------- flip
 class Flip(Stage):
     """Horizontal flip with probability ``p``: bit 0 of ``ops`` (1 = flipped)."""
 
     name = "flip"
+    section, defaults = "hflip", 0.5
     bits = 1
     STREAM = 2
+
+    @classmethod
+    def check_section(cls, section: Any, config: dict) -> float:
+        return POLICY.number(section, "hflip", low=0.0, high=1.0)
+
+    @classmethod
+    def create(cls, section: float, config: dict, earlier: list[Stage]) -> Flip:
+        return cls(section)
 
     def __init__(self, p: float):
         self.p = p
@@ -324,7 +382,24 @@ class RandAugment(Stage):
     """
 
     name = "randaugment"
+    section, optional = "randaugment", True
+    defaults = {"num_ops": 2, "magnitude": 9, "num_magnitude_bins": 31, "interpolation": "nearest", "fill": 0}
     STREAM = 3
+
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        section["num_ops"] = POLICY.int(section["num_ops"], "randaugment.num_ops", low=0, high=6)
+        bins = section["num_magnitude_bins"] = POLICY.int(section["num_magnitude_bins"],
+                                                          "randaugment.num_magnitude_bins", low=2, high=1000)
+        section["magnitude"] = POLICY.int(section["magnitude"], "randaugment.magnitude", low=0, high=bins - 1)
+        section["interpolation"] = POLICY.choice(section["interpolation"], "randaugment.interpolation",
+                                                 ("nearest", "bilinear"))
+        section["fill"] = POLICY.int(section["fill"], "randaugment.fill", low=0, high=255)
+        return section
+
+    @classmethod
+    def create(cls, section: dict, config: dict, earlier: list[Stage]) -> RandAugment:
+        return cls(section)
 
     def __init__(self, config: dict):
         self.config = config
@@ -378,7 +453,17 @@ class Erasing(Stage):
     """
 
     name = "erasing"
+    section, optional = "erasing", True
+    defaults = {"p": 0.25, "scale": [0.02, 0.33], "ratio": [0.3, 3.3], "value": 0}
     STREAM = 4
+
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        section["p"] = POLICY.number(section["p"], "erasing.p", low=0.0, high=1.0)
+        section["scale"] = POLICY.pair(section["scale"], "erasing.scale", low=0.0, high=1.0, low_open=True)
+        section["ratio"] = POLICY.pair(section["ratio"], "erasing.ratio", low=0.0, high=100.0, low_open=True)
+        section["value"] = POLICY.int(section["value"], "erasing.value", low=0, high=255)
+        return section
 
     def __init__(self, config: dict, size: int):
         self.config, self.size = config, size
@@ -407,7 +492,20 @@ class Mixing(Stage):
     """
 
     name = "mix"
+    section, optional = "mix", True
+    defaults = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "switch_prob": 0.5, "prob": 1.0}
     STREAM_CHOICE, STREAM_MIXUP, STREAM_CUTMIX, STREAM_BOX = 5, 6, 7, 8
+
+    @classmethod
+    def check_section(cls, section: dict, config: dict) -> dict:
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            section[key] = POLICY.number(section[key], f"mix.{key}", low=0.0, high=100.0)
+        if section["mixup_alpha"] == 0 and section["cutmix_alpha"] == 0:
+            raise POLICY.fail(section, "mix", "at least one of mixup_alpha, cutmix_alpha > 0 (or mix: null to "
+                                              "switch mixing off)")
+        section["switch_prob"] = POLICY.number(section["switch_prob"], "mix.switch_prob", low=0.0, high=1.0)
+        section["prob"] = POLICY.number(section["prob"], "mix.prob", low=0.0, high=1.0)
+        return section
 
     def __init__(self, config: dict, size: int):
         self.config, self.size = config, size
@@ -519,18 +617,34 @@ def pack_slots(stages: list[Stage], name: str = "ops") -> Field | None:
 
 
 def create_stages(config: dict) -> list[Stage]:
-    """The stages of a complete config (see :func:`~imagenet_plus.augment.config.resolve_config`), in order."""
-    if config.get("flavour") == "ml-dr":
-        from .mldr import create_mldr_stages
-
-        return create_mldr_stages(config)
-    size = config["output_size"]
-    geometry = config["geometry"]
-    stages: list[Stage] = [GEOMETRY[geometry["kind"]](geometry, size), Flip(config["hflip"])]
-    if config["randaugment"]:
-        stages.append(RandAugment(config["randaugment"]))
-    if config["erasing"]:
-        stages.append(Erasing(config["erasing"], size))
-    if config["mix"]:
-        stages.append(Mixing(config["mix"], size))
+    """The stages of a complete config (see :func:`~imagenet_plus.augment.config.resolve_config`), in order:
+    its flavour's stage classes, each created from its section (a section set to ``None`` leaves it out)."""
+    flavour = FLAVOURS[config.get("flavour", DEFAULT_FLAVOUR)]
+    stages: list[Stage] = []
+    for key in flavour.sections:
+        section = config[key]
+        if section is not None:
+            stages.append(flavour.stage_class(key, section).create(section, config, stages))
     return stages
+
+
+def _preset(name: str, geometry: type[Stage], *optional: type[Stage]) -> dict[str, Any]:
+    def on(cls: type[Stage]):
+        return copy.deepcopy(cls.defaults) if cls in optional else None
+
+    return {"name": name, "output_size": 224, "geometry": copy.deepcopy(geometry.defaults), "hflip": Flip.defaults,
+            "randaugment": on(RandAugment), "erasing": on(Erasing), "mix": on(Mixing),
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+#: The paper's policies (Faghri et al. 2023, Table 1 / Sec. 4): name -> complete config
+#: (registered with the flavour: :data:`imagenet_plus.augment.PRESETS`).
+_PRESETS: dict[str, dict[str, Any]] = {
+    "rrc": _preset("rrc", ResizedCrop),
+    "rrc+mix": _preset("rrc+mix", ResizedCrop, Mixing),
+    "rrc+ra/re": _preset("rrc+ra/re", ResizedCrop, RandAugment, Erasing),
+    "rrc+mix+ra/re": _preset("rrc+mix+ra/re", ResizedCrop, RandAugment, Erasing, Mixing),
+    "cifar": _preset("cifar", PadCrop, RandAugment, Erasing),
+}
+#: The package's own flavour (torchvision's semantics), the flavour of a config without ``flavour``.
+TORCHVISION = register_flavour(DEFAULT_FLAVOUR, (ResizedCrop, PadCrop, Flip, RandAugment, Erasing, Mixing), _PRESETS)

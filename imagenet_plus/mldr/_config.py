@@ -11,11 +11,11 @@ picklable values, so the layout can travel to worker processes.
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .._checks import Checks
 from ..errors import ImportFormatError
 
 __all__ = ["MLDR_RA_OPS", "TRANSFORM_ORDER", "VARIANTS", "DATASETS", "Layout", "parse_config",
@@ -145,15 +145,18 @@ def _cfg_error(member: str, what: str) -> ImportFormatError:
                                          for k, v in VARIANTS.items()) + ".")
 
 
+def _checks(member: str) -> Checks:
+    """The checks of the config's options, their errors naming ``member`` and listing the known variants."""
+    return Checks("config option", lambda message: _cfg_error(member, message.rstrip(".")))
+
+
 def _num(opts: Mapping, key: str, default, member: str, where: str, *, integer=False, low=None, high=None):
     v = opts.get(key, default)
-    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (not integer or float(v) == int(v)) and (low is None or v >= low) and (high is None or v <= high)
-    if not ok:
-        lo, hi = ("-inf" if low is None else low), ("inf" if high is None else high)
-        raise _cfg_error(member, f"config option {where}.{key} = {v!r} is not "
-                                 f"{'an integer' if integer else 'a number'} in [{lo}, {hi}]")
-    return int(v) if integer else float(v)
+    if integer:
+        if isinstance(v, float) and v.is_integer():  # a pickled config may hold 400.0 for 400
+            v = int(v)
+        return _checks(member).int(v, f"{where}.{key}", low=low, high=high)
+    return _checks(member).number(v, f"{where}.{key}", low=low, high=high)
 
 
 def _side(v, member: str, where: str) -> int:
@@ -252,12 +255,16 @@ def _layout(t: dict, variant: str, dataset: str, num_classes: int, ns: int, topk
     ranges = {"rrc_scale": (0.08, 1.0), "rrc_ratio": (3.0 / 4.0, 4.0 / 3.0), "erase_scale": (0.02, 0.33),
               "erase_ratio": (0.3, 3.3)}
     if "random_resized_crop" in t:
-        ranges["rrc_scale"] = _range(t["random_resized_crop"], "scale", ranges["rrc_scale"], member, 1.0)
-        ranges["rrc_ratio"] = _range(t["random_resized_crop"], "ratio", ranges["rrc_ratio"], member, 100.0)
+        ranges["rrc_scale"] = _range(t["random_resized_crop"], "scale", ranges["rrc_scale"], member,
+                                     "random_resized_crop", 1.0)
+        ranges["rrc_ratio"] = _range(t["random_resized_crop"], "ratio", ranges["rrc_ratio"], member,
+                                     "random_resized_crop", 100.0)
     if "random_erase" in t:
         erase_p = _num(t["random_erase"], "p", 0.5, member, "random_erase", low=0.0, high=1.0)
-        ranges["erase_scale"] = _range(t["random_erase"], "scale", ranges["erase_scale"], member, 1.0)
-        ranges["erase_ratio"] = _range(t["random_erase"], "ratio", ranges["erase_ratio"], member, 100.0)
+        ranges["erase_scale"] = _range(t["random_erase"], "scale", ranges["erase_scale"], member, "random_erase",
+                                       1.0)
+        ranges["erase_ratio"] = _range(t["random_erase"], "ratio", ranges["erase_ratio"], member, "random_erase",
+                                       100.0)
     hflip_p = _num(t["random_horizontal_flip"], "p", 0.5, member, "random_horizontal_flip", low=0.0, high=1.0)
     mixup = cutmix = None
     if "mixup" in t:
@@ -277,9 +284,5 @@ def _layout(t: dict, variant: str, dataset: str, num_classes: int, ns: int, topk
                   hflip_p=hflip_p, **ranges)
 
 
-def _range(opts: Mapping, key: str, default: tuple, member: str, high: float) -> tuple:
-    v = opts.get(key, default)
-    if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(
-            isinstance(x, numbers.Real) and not isinstance(x, bool) and 0 < x <= high for x in v) and v[0] <= v[1]):
-        raise _cfg_error(member, f"config option {key} = {v!r} is not a range [low, high] within (0, {high}]")
-    return (float(v[0]), float(v[1]))
+def _range(opts: Mapping, key: str, default: tuple, member: str, where: str, high: float) -> tuple:
+    return tuple(_checks(member).pair(opts.get(key, default), f"{where}.{key}", low=0.0, high=high, low_open=True))
