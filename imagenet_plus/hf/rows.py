@@ -191,5 +191,6 @@ class RowRecords:
                                  "(datasets.Image(decode=False)) with file bytes, or pass check='resized'")
         where = lambda: self._where(row, i)  # noqa: E731
         image = decode_bytes(data, where) if data is not None else to_rgb_image(cell)
-        self._checkers[mode].check(i, image, digest_bytes(data) if mode == "exact" else None, where)
+        # the bytes' digest also lets check="resized" skip the thumbnail of bytes it has already checked
+        self._checkers[mode].check(i, image, digest_bytes(data) if data is not None else None, where)
         return image
