@@ -142,9 +142,10 @@ def test_exact_formulas_on_a_real_photo(photos):
 
     hsv = rgb2hsv(f)
     hsv[..., 2] = np.clip(hsv[..., 2] + TABLES["cifar"]["brightness"][3], 0, 1)
-    expected = np.clip(hsv2rgb(hsv), 0, 1) * 255
-    got = corrupt(x, "brightness", 4, table="cifar").astype(np.float64)
-    assert np.abs(got - expected).max() <= 1.0  # truncation of nearly equal floats
+    expected = (np.clip(hsv2rgb(hsv), 0, 1) * 255).astype(np.uint8).astype(np.int64)
+    got = corrupt(x, "brightness", 4, table="cifar").astype(np.int64)
+    # the same value up to float rounding, which truncation can turn into one grey level
+    assert np.abs(got - expected).max() <= 1 and (got == expected).mean() > 0.9
     small = Image.fromarray(x).resize((int(32 * 0.65), int(32 * 0.65)), Image.BOX).resize((32, 32), Image.BOX)
     assert np.array_equal(corrupt(x, "pixelate", 5, table="cifar"), np.asarray(small))
 
