@@ -87,8 +87,9 @@ TABLES: dict[str, dict[str, tuple]] = {
         "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
         "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
         "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
-        "elastic_transform": ((0.0, 0.0, 32 * 0.08), (32 * 0.05, 32 * 0.2, 32 * 0.07), (32 * 0.08, 32 * 0.06, 32 * 0.06),
-                              (32 * 0.1, 32 * 0.04, 32 * 0.05), (32 * 0.1, 32 * 0.03, 32 * 0.03)),
+        "elastic_transform": ((0.0, 0.0, 32 * 0.08), (32 * 0.05, 32 * 0.2, 32 * 0.07),
+                              (32 * 0.08, 32 * 0.06, 32 * 0.06), (32 * 0.1, 32 * 0.04, 32 * 0.05),
+                              (32 * 0.1, 32 * 0.03, 32 * 0.03)),
         "pixelate": (0.95, 0.9, 0.85, 0.75, 0.65),
         "jpeg_compression": (80, 65, 58, 50, 40),
     },
@@ -207,7 +208,7 @@ def _frost_texture(size: int, rng: np.random.Generator) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _frost_bank(seed: int, side: int, scale: float) -> tuple[np.ndarray, ...]:
-    """Five frost textures of ``side`` px drawn from ``seed``, shrunk by ``scale`` (CIFAR-10-C shrank its photos by 0.2)."""
+    """Five frost textures of ``side`` px drawn from ``seed``, shrunk by ``scale`` (CIFAR-10-C's photos: 0.2)."""
     rng = np.random.default_rng([int(seed), 0xF7057])
     bank = []
     for _ in range(5):

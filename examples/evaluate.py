@@ -415,7 +415,7 @@ def evaluate_runs(runs: list[Run], opts: Options) -> dict:
 
 
 def summarize_labels(results: dict, baseline: str | None) -> dict:
-    """Per label (its runs = seeds): mean ± std of every figure, mCE against ``baseline``'s mean errors, pooled bins."""
+    """Per label (its runs: seeds): mean ± std of each figure, mCE against the baseline's mean errors, pooled bins."""
     labels: dict[str, list[dict]] = {}
     for r in results["runs"]:
         labels.setdefault(r["label"], []).append(r)
