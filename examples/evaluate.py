@@ -302,8 +302,11 @@ def mean_corruption_error(errors: dict, clean_error: float, base_errors: dict, b
         base_errors, base_clean_error: the same of the baseline.
 
     Returns:
-        ``{"mce", "relative_mce", "ce": {type: CE %}, "relative_ce": {type: %}}``; a type whose
-        baseline sum is 0 has CE ``nan`` and makes the mean ``nan`` (it cannot be normalised).
+        ``{"mce", "relative_mce", "ce": {type: CE %}, "relative_ce": {type: %}, "relative_undefined": [types]}``.
+        A type whose baseline error sum is 0 has CE ``nan`` and makes the mCE ``nan``. A type where the
+        baseline's corrupted errors do not exceed its clean error (a mild corruption) has no relative CE:
+        it is listed in ``relative_undefined`` and the relative mCE is the mean over the other types
+        (``nan`` when none is left).
     """
     ce, rel = {}, {}
     for name, errs in errors.items():
@@ -312,8 +315,10 @@ def mean_corruption_error(errors: dict, clean_error: float, base_errors: dict, b
         ce[name] = 100.0 * errs.sum() / base.sum() if base.sum() > 0 else math.nan
         denom = (base - base_clean_error).sum()
         rel[name] = 100.0 * (errs - clean_error).sum() / denom if denom > 0 else math.nan
+    defined = [v for v in rel.values() if not math.isnan(v)]
     return {"mce": float(np.mean(list(ce.values()))) if ce else math.nan,
-            "relative_mce": float(np.mean(list(rel.values()))) if rel else math.nan, "ce": ce, "relative_ce": rel}
+            "relative_mce": float(np.mean(defined)) if defined else math.nan, "ce": ce, "relative_ce": rel,
+            "relative_undefined": [t for t, v in rel.items() if math.isnan(v)]}
 
 
 # ----------------------------------------------------------------------------- the passes
@@ -446,6 +451,7 @@ def summarize_labels(results: dict, baseline: str | None) -> dict:
         if "mce" in runs[0]:
             s["mce"] = ms([r["mce"]["mce"] for r in runs])
             s["relative_mce"] = ms([r["mce"]["relative_mce"] for r in runs])
+            s["relative_undefined"] = sorted({t for r in runs for t in r["mce"]["relative_undefined"]})
         for kind in runs[0]["shifted"]:
             s[kind] = ms([r["shifted"][kind]["top1"] for r in runs])
         pooled = {k: np.concatenate([r["_clean_stats"][k] for r in runs]) for k in ("conf", "correct")}
@@ -570,6 +576,12 @@ def write_report(results: dict, summary: dict, out: str | Path, names: dict | No
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(summary, names)
     text = print_table(rows)
+    undefined = sorted({t for s in summary.values() for t in s.get("relative_undefined", [])})
+    if undefined:
+        note = ("rel. mCE: over the types whose corrupted error exceeds the baseline's clean error; left out: "
+                + ", ".join(undefined))
+        print(note, flush=True)
+        text += "\n" + note
     runs = [{k: v for k, v in r.items() if not k.startswith("_")} for r in results["runs"]]
     body = {"settings": results["settings"], "labels": summary, "runs": runs}
     atomic_write_text(out / "results.json", json.dumps(body, indent=1, allow_nan=True) + "\n")

@@ -61,6 +61,10 @@ def test_mce_by_hand():
     assert m["relative_ce"] == pytest.approx({"a": 100 * 130 / 175, "b": 20.0})
     assert m["relative_mce"] == pytest.approx((100 * 130 / 175 + 20.0) / 2)
     assert math.isnan(evaluate.mean_corruption_error({"a": [1] * 5}, 0, {"a": [0] * 5}, 0)["mce"])
+    # a type the baseline is not hurt by (corrupted errors <= clean error) has no relative CE: left out, named
+    m = evaluate.mean_corruption_error({"a": [10] * 5, "b": [6] * 5}, 5.0, {"a": [20] * 5, "b": [4] * 5}, 5.0)
+    assert m["relative_undefined"] == ["b"] and m["relative_mce"] == pytest.approx(100 * 25 / 75)
+    assert m["mce"] == pytest.approx((50.0 + 150.0) / 2)
 
 
 # ----------------------------------------------------------------------------- shifted sets
