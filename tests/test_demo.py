@@ -40,6 +40,18 @@ def test_digits_demo_quick(tmp_path, capsys):
         hist = json.loads((out / "students" / f"{arm}-s0" / "results.json").read_text())["history"]
         assert [h["steps"] for h in hist] == [4, 4]  # 128 images, batch 32
     assert res["arms"]["erm"]["epoch_vs_erm"] == 1.0
+    # the evaluation: every student clean and corrupted, the robustness columns printed, mCE against ERM
+    for column in ("corrupted top-1 (%)", "mCE (%)", "rel. mCE (%)", "top-5 (%)"):
+        assert column in printed, column
+    ev = res["evaluation"]
+    assert ev["corruptions"] == list(digits_demo.QUICK_CORRUPTIONS) and ev["table"] == "cifar"
+    assert ev["arms"]["erm"]["mce"]["mean"] == pytest.approx(100.0)  # one ERM seed: its own baseline
+    for arm in ("erm", "kd", "plus"):
+        assert ev["arms"][arm]["top1"]["values"] == res["arms"][arm]["top1"]["values"]  # train.py's final figures
+        assert set(ev["arms"][arm]["per_type"]) == set(digits_demo.QUICK_CORRUPTIONS)
+    for png in ("reliability.png", "robustness.png"):
+        assert Image.open(out / "evaluation" / png).format == "PNG"
+    assert json.loads((out / "evaluation" / "results.json").read_text())["settings"]["samples"] == 128
     members = res["teachers"]["members"]
     assert len(members) == 2 and all(m["top1"] > 30.0 for m in members)  # two quick epochs already learn
     img = Image.open(out / "accuracy.png")
