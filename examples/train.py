@@ -66,7 +66,7 @@ from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
 from _checkpoint import load_checkpoint, load_pretrained, save_checkpoint, save_weights  # noqa: E402
 from _dist import Dist  # noqa: E402
-from _data import (EvalDataset, RandomAugmentDataset, Repeat, create_base, create_teacher,  # noqa: E402
+from _data import (EvalDataset, RandomAugmentDataset, in_memory, Repeat, create_base, create_teacher,  # noqa: E402
                    denormalize_to_uint8, mix_batch, subset_first, uint8_identity)
 from _recipe import load_recipe, parse_override, recipe_digest  # noqa: E402
 from _train import classification_metrics, create_model, plot_run  # noqa: E402
@@ -258,8 +258,9 @@ class Trainer:
         eval_base = subset_first(create_base(data, data["eval_split"]), data["eval_samples"])
         eval_set = torch.utils.data.Subset(EvalDataset(eval_base, transform),
                                            range(self.dist.rank, len(eval_base), world))
-        self.eval_loader = DataLoader(eval_set, batch_size=ev["batch_size"], num_workers=min(workers, 4),
-                                      pin_memory=self.cuda)
+        cached = in_memory(eval_set)  # a small eval set is decoded once, not once per epoch
+        self.eval_loader = DataLoader(eval_set if cached is None else cached, batch_size=ev["batch_size"],
+                                      num_workers=min(workers, 4) if cached is None else 0, pin_memory=self.cuda)
         self.teacher = create_teacher(r["teacher"], self.num_classes, self.device) if self.mode == "kd" else None
 
     # ------------------------------------------------------------------ model
