@@ -472,7 +472,8 @@ class Teacher(nn.Module):
             main.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             pool = next(iter(self._graphs.values()))[1].pool() if self._graphs else None
-            with torch.cuda.graph(graph, pool=pool):
+            # thread_local: work of the build's other threads (the shard writer) does not break the capture
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 static_out = self._ensemble(static_in)
         except RuntimeError as e:
             raise BuildError(f"teacher_compile cudagraphs: capturing the teacher ({', '.join(self.names)}) for input "
