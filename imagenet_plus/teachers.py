@@ -28,7 +28,9 @@ that rests on a guess. An ensemble averages the members' softmax probabilities (
 softmax and mean) under one ``torch.compile`` with static shapes. ``"cudagraphs"`` (CUDA only): the
 eager ensemble captured once per input shape in a CUDA graph and replayed (one launch per batch
 instead of thousands; the inputs are copied into a static buffer, the memory pool is shared by the
-shapes). Both tell the builder to pad every teacher batch to the full batch size
+shapes). The first batch of each shape is also run eagerly and the probabilities compared (at most
+0.05 apart, else :class:`~imagenet_plus.errors.BuildError`), so a broken compilation or capture
+fails loudly instead of storing wrong targets. Both tell the builder to pad every teacher batch to the full batch size
 (:attr:`Teacher.static_batch`), so one shape is compiled or captured. What is deterministic: for one
 mode on one device and software stack, equal inputs give bit-equal probabilities, run after run
 (graph replay runs the captured kernels; compiled code is generated once per shape). Across modes
@@ -76,6 +78,9 @@ INPUT_SIZE_SOURCES = ("input_size argument", "checkpoint sidecar", "pretrained c
 GUESSED = INPUT_SIZE_SOURCES[-1]
 #: How the ensemble's forward runs (see the module docstring): eagerly, compiled, or replayed from CUDA graphs.
 COMPILE_MODES = ("none", "compile", "cudagraphs")
+#: Largest difference of a probability between the fast (compiled, graphed) and the eager forward on the first
+#: batch of each shape (bf16 rounding moves probabilities by far less; a broken capture by far more).
+_FAST_TOLERANCE = 0.05
 
 _EXTRA_ARCHS = {"resnext101_32x48d": dict(layers=(3, 4, 23, 3), cardinality=32, base_width=48)}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -384,6 +389,7 @@ class Teacher(nn.Module):
         self.compile_mode = "none"
         self._compiled = None
         self._graphs: dict[tuple, tuple[torch.Tensor, "torch.cuda.CUDAGraph", torch.Tensor]] = {}
+        self._checked: set[tuple] = set()  # input shapes whose fast forward was checked against eager
 
     @property
     def num_classes(self) -> int:
@@ -410,7 +416,7 @@ class Teacher(nn.Module):
             raise ArgumentError(f"teacher_compile: 'cudagraphs' needs the teacher on a CUDA device, it is on "
                                 f"{device}; use teacher_compile none or compile (--teacher-compile)")
         self.compile_mode = mode
-        self._graphs = {}
+        self._graphs, self._checked = {}, set()
         kwargs = {} if backend is None else {"backend": backend}
         self._compiled = torch.compile(self._ensemble, dynamic=False, **kwargs) if mode == "compile" else None
         return self
@@ -430,11 +436,23 @@ class Teacher(nn.Module):
         """Mean softmax probabilities (float32) of the members for uint8 pixels ``x``."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ArgumentError(f"teacher input must be uint8 [B, 3, H, W], got {x.dtype} {list(x.shape)}")
-        if self._compiled is not None:
-            return self._compiled(x)
-        if self.compile_mode == "cudagraphs":
-            return self._replay(x)
-        return self._ensemble(x)
+        if self.compile_mode == "none":
+            return self._ensemble(x)
+        out = self._compiled(x) if self._compiled is not None else self._replay(x)
+        key = (tuple(x.shape), str(x.device))
+        if key not in self._checked:  # once per shape: the fast forward against the eager one on the same batch
+            self._check_fast(out, self._ensemble(x), list(x.shape))
+            self._checked.add(key)
+        return out
+
+    def _check_fast(self, fast: torch.Tensor, eager: torch.Tensor, shape: list) -> None:
+        """Refuse a compiled or graphed forward whose probabilities differ from eager's by more than rounding."""
+        diff = float((fast.float() - eager.float()).abs().max()) if fast.shape == eager.shape else float("inf")
+        if not diff <= _FAST_TOLERANCE:
+            raise BuildError(f"teacher_compile {self.compile_mode}: the teacher's ({', '.join(self.names)}) "
+                             f"probabilities for input {shape} differ from its eager forward's by {diff:.3g} "
+                             f"(more than float rounding, {_FAST_TOLERANCE}); use --teacher-compile none and report "
+                             "the model and torch version")
 
     def _ensemble(self, x: torch.Tensor) -> torch.Tensor:
         """The ensemble's computation (eager; what ``compile`` compiles and ``cudagraphs`` captures)."""

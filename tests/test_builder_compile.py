@@ -20,7 +20,7 @@ from test_builder_engine import A, K, N, S, _build, base, policy  # noqa: F401
 from imagenet_plus.builder import cli as build_cli
 from imagenet_plus.builder.config import BuildConfig, load_config, merge_config, resolve_teacher_compile
 from imagenet_plus.builder.teacher_run import TeacherRunner
-from imagenet_plus.errors import ArgumentError
+from imagenet_plus.errors import ArgumentError, BuildError
 from imagenet_plus.schema import decode_topk_ids, decode_topk_probs
 from imagenet_plus.store import Manifest
 from imagenet_plus.teachers import COMPILE_MODES, create_teacher
@@ -78,6 +78,16 @@ def test_the_compiled_forward_equals_eager_within_float_rounding():
     torch.testing.assert_close(pc, pe, rtol=1e-5, atol=1e-6)
     assert eager.describe() == compiled.describe()
     assert torch.equal(compiled.set_compile("none")(x), pe)  # back to eager: bit-identical
+
+
+def test_a_compiled_forward_that_differs_from_eager_is_refused_on_its_first_batch():
+    t = _teacher("compile")
+    x = torch.randint(0, 256, (4, 3, S, S), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    t._compiled = lambda u: torch.eye(C)[: u.shape[0]]  # one-hot rows: probabilities, but not the teacher's
+    with pytest.raises(BuildError, match=r"teacher_compile compile: the teacher's \(test_resnet\) probabilities "
+                                         r"for input \[4, 3, 24, 24\] differ from its eager forward's by .*; use "
+                                         r"--teacher-compile none"):
+        t(x)
 
 
 def test_modes_are_checked_and_cudagraphs_needs_cuda():
