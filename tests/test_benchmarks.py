@@ -100,6 +100,22 @@ def test_build_throughput_tiny():
     out = _run("build_throughput.py", "--device", "cpu", "--quick", "--samples", "4", "--augs", "4",
                "--batch-size", "8", "--image-size", "32", "--teacher-input-size", "32")
     assert out["ratio"] > 0 and out["ok"] is True
+    assert out["teacher_compile"] == "none" and out["bf16_peak_of"] == "cpu: no bf16 peak known"
+    assert out["teacher_fraction_of_bf16_peak"] is None and out["teacher_gflops_per_image"] > 0
+    proj = out["projected_imagenet_plus_hours"]
+    assert proj["build"]["rate"].startswith("CPU rate") and proj["build"]["hours"] > 0
+    assert out["writer_thread_gain"] > 0 and out["build_timings"]["write_s"] > 0
+
+
+def test_check_build_throughput_small_on_the_cpu():
+    """The function ``benchmarks/gpu_check.py`` calls, at its small sizes on the CPU."""
+    import argparse
+
+    import build_throughput
+
+    out = build_throughput.check_build_throughput(argparse.Namespace(device="cpu", small=True, batch_size=256))
+    assert out["ok"] is True and out["target_ratio"] is None and out["records"] == 32
+    assert out["bf16_peak_tflops"] is None and "compile_agreement" not in out
 
 
 def test_identity_cost_tiny():
