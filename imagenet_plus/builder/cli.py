@@ -49,8 +49,8 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
      "every teacher's input side (default: its checkpoint sidecar's, its pretrained config's, else a guess)"),
     ("--allow-new-head", "allow_new_head", "bool",
      "accept a teacher whose classifier head would be randomly initialised (fine-tuning workflows only)"),
-    ("--teacher-compile", "teacher_compile", None, "how the teacher's forward runs: auto (CUDA graphs on CUDA, "
-                                                   "eager on the CPU), none, compile (torch.compile), cudagraphs"),
+    ("--teacher-compile", "teacher_compile", None, "how the teacher's forward runs: auto (eager for now), none, "
+                                                   "compile (torch.compile), cudagraphs (CUDA graphs, opt-in)"),
     ("--num-classes", "num_classes", "int?", "classes of the teacher's output (default: the teacher's)"),
     ("--num-augmentations", "num_augmentations", "int", "augmentations per sample (default 400)"),
     ("--topk", "topk", "int?", "probabilities kept per record (default min(10, num_classes))"),
