@@ -13,9 +13,9 @@ The replay then decodes the whole batch at once with :func:`decode_images`:
 CPU) for baseline and progressive JPEGs whose header says RGB/YCbCr or grey. Everything else goes
 to the package's own CPU decode, :func:`imagenet_plus.imageio.decode_bytes`, exactly as the CPU
 path decodes it: files that are not JPEG (PNG, ...), CMYK/YCCK JPEGs (nvJPEG cannot convert them,
-and their colour conversion is PIL's), any image the batched call or a per-image retry cannot
-decode (each image is retried on its own: one bad file never sends the whole batch to the
-CPU), and any image that decodes to another size than its header says. Each record's stored box
+and their colour conversion is PIL's), any image that ``decode_jpeg`` rejects on its own (a failed
+batched call is retried in halves down to single files: one bad file never sends the whole
+batch to the CPU), and any image that decodes to another size than its header says. Each record's stored box
 is then cropped from its decoded image and resized on the device (:meth:`Policy.crop`, the same
 code as the CPU path), partners included.
 
@@ -217,7 +217,8 @@ def _split(batch: Mapping[str, Any], prefix: str) -> list[torch.Tensor]:
 
 
 def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """``decode_jpeg`` of every file, batched; on an error each file again on its own (``None``: failed)."""
+    """``decode_jpeg`` of every file, batched; where a call fails, its two halves again (``None``: a file that
+    fails on its own), so ``k`` bad files in a batch of ``n`` cost about ``k log n`` calls, not ``n``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not data:
@@ -225,14 +226,10 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
     try:
         return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
     except (RuntimeError, ValueError):
-        pass
-    out: list[torch.Tensor | None] = []
-    for d in data:
-        try:
-            out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-        except (RuntimeError, ValueError):
-            out.append(None)
-    return out
+        if len(data) == 1:
+            return [None]
+    half = len(data) // 2
+    return _decode_jpegs(data[:half], device) + _decode_jpegs(data[half:], device)
 
 
 def decode_images(data: Sequence[torch.Tensor], jpeg: Sequence[bool], sizes, device, sources: Sequence[str] = (),
@@ -267,15 +264,17 @@ def decode_images(data: Sequence[torch.Tensor], jpeg: Sequence[bool], sizes, dev
     return out  # type: ignore[return-value]
 
 
-def crop_images(policy, images: Sequence[torch.Tensor | None], params: Mapping[str, np.ndarray]) -> torch.Tensor:
+def crop_images(policy, images: Sequence[torch.Tensor | None], params: Mapping[str, np.ndarray], device
+                ) -> torch.Tensor:
     """Each record's geometric stage (:meth:`Policy.crop`: box, resize, flip) on its decoded image: uint8
-    ``[B, 3, S, S]`` on the images' device; zeros where an image is ``None`` (a record that does not mix)."""
+    ``[B, 3, S, S]`` on ``device``; zeros where an image is ``None`` (a record that does not mix). A stage that
+    resizes with PIL (the ``ml-dr`` flavour) crops on the host; its crop is then moved to ``device``."""
     s = policy.output_size
-    device = next((im.device for im in images if im is not None), torch.device("cpu"))
+    device = torch.device(device)
     crops = []
     for b, image in enumerate(images):
         if image is None:
             crops.append(torch.zeros((3, s, s), dtype=torch.uint8, device=device))
         else:
-            crops.append(policy.crop(image, {k: v[b] for k, v in params.items()}))
+            crops.append(policy.crop(image, {k: v[b] for k, v in params.items()}).to(device, non_blocking=True))
     return torch.stack(crops)

@@ -471,7 +471,7 @@ class DeviceReplay:
         """Decode a batch of file bytes (images and partners in one call) and crop each record on the device."""
         from .device_decode import _split, crop_images, decode_images
 
-        for key in ("offsets", "size", "jpeg", "partner_data", "partner_offsets", "partner_size", "partner_jpeg"):
+        for key in ("size", "jpeg", "partner_data", "partner_offsets", "partner_size", "partner_jpeg"):
             if key not in batch:
                 raise PolicyError(f"DeviceReplay: batch of file bytes lacks {key!r}; collate the items with the "
                                   "dataset's collate_fn (imagenet_plus.device_decode.collate_device_items)")
@@ -490,8 +490,9 @@ class DeviceReplay:
         partners: list = [None] * B
         for n, b in enumerate(has):
             partners[b] = decoded[B + n]
-        images = crop_images(self.policy, decoded[:B], params)
-        return images, crop_images(self.policy, partners, partner_params if partner_params is not None else params)
+        images = crop_images(self.policy, decoded[:B], params, self.device)
+        return images, crop_images(self.policy, partners, partner_params if partner_params is not None else params,
+                                   self.device)
 
     def _images(self, batch: Mapping[str, Any], params, partner_params) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's crops and partner crops on the device: decoded here, or moved from the workers."""
@@ -514,9 +515,10 @@ class DeviceReplay:
         if "image" not in batch and "data" not in batch:
             raise PolicyError("DeviceReplay: batch lacks 'image' (worker crops) and 'data' (file bytes); pass a "
                               "collated batch of device-path items (ReinforcedDataset(..., device='cuda'))")
-        B = int(batch["offsets"].numel() - 1) if "data" in batch and "offsets" in batch else None
-        B = B if B is not None else (int(batch["image"].shape[0]) if "image" in batch else
-                                     int(torch.as_tensor(batch["topk_ids"]).shape[0]))
+        if "data" in batch and "offsets" not in batch:
+            raise PolicyError("DeviceReplay: batch of file bytes lacks 'offsets'; collate the items with the "
+                              "dataset's collate_fn (imagenet_plus.device_decode.collate_device_items)")
+        B = len(batch["offsets"]) - 1 if "data" in batch else int(batch["image"].shape[0])
         is_orig = batch.get("is_original")
         is_orig = np.zeros(B, bool) if is_orig is None else np.asarray(torch.as_tensor(is_orig).cpu(), bool).reshape(B)
         params = self.policy.without_mixing(self._params(batch["params"]), is_orig)  # originals never mix

@@ -50,9 +50,10 @@ def _kinds(adapter):
     return sum(jpeg), len(jpeg) - sum(jpeg)
 
 
-@pytest.mark.parametrize("name", ["rrc+ra/re", "rrc+mix+ra/re", "rrc+mix", "cifar"])
+@pytest.mark.parametrize("name", ["rrc+ra/re", "rrc+mix+ra/re", "rrc+mix", "cifar", "ml-dr:rrc+ra/re"])
 def test_device_decoding_equals_the_cpu_path_bit_for_bit(tmp_path, name):
-    policy = create_policy(name, output_size=SIZE)
+    flavour, _, preset = name.rpartition(":")  # the ml-dr flavour crops with PIL, on the host
+    policy = create_policy(preset, output_size=SIZE, **({"flavour": flavour} if flavour else {}))
     adapter, store = _folder(tmp_path, policy)
     cpu, dev = _pair(adapter, store)
     device_files, fallback_files = _kinds(adapter)
@@ -128,19 +129,21 @@ def test_the_fallback_is_per_image(tmp_path):
     files = list(_photo_jpegs().values())[:3]
     png = io.BytesIO()
     Image.fromarray(np.arange(40 * 30 * 3, dtype=np.uint8).reshape(40, 30, 3)).save(png, "PNG")
+    files.insert(1, png.getvalue())
     files.append(png.getvalue())
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in files]
     sizes = [(probe(b, "f").height, probe(b, "f").width) for b in files]
     stats = {}
-    out = decode_images(data, [True] * 4, sizes, "cpu", stats=stats)
-    assert stats == {"device": 3, "fallback": 1}
+    out = decode_images(data, [True] * 5, sizes, "cpu", stats=stats)
+    assert stats == {"device": 3, "fallback": 2}
     for b, img in zip(files, out):
         assert torch.equal(img, to_tensor(decode_bytes(b)))
-    wrong = list(sizes)
-    wrong[1] = (sizes[1][0] + 1, sizes[1][1])
+    jpegs, jpeg_sizes = [data[0], data[2], data[3]], [sizes[0], sizes[2], sizes[3]]
+    wrong = list(jpeg_sizes)
+    wrong[1] = (wrong[1][0] + 1, wrong[1][1])
     stats = {}
-    out = decode_images(data[:3], [True] * 3, wrong[:3], "cpu", stats=stats)
-    assert stats == {"device": 2, "fallback": 1} and torch.equal(out[1], to_tensor(decode_bytes(files[1])))
+    out = decode_images(jpegs, [True] * 3, wrong, "cpu", stats=stats)
+    assert stats == {"device": 2, "fallback": 1} and torch.equal(out[1], to_tensor(decode_bytes(files[2])))
     with pytest.raises(ImageDecodeError, match="broken.jpg: cannot decode"):
         decode_images([data[0][: len(files[0]) // 3]], [True], [sizes[0]], "cpu", ["broken.jpg"])
 
