@@ -4,20 +4,22 @@ With ``ReinforcedDataset(..., device="cuda")`` (``decode="device"``, the default
 does only what must happen on the host for a file-backed dataset: read each sample's file, take
 the sha256 digest of its bytes and check the sample's identity against the store
 (:class:`~imagenet_plus.identity.IdentityChecker`, as the CPU path does on every decode), read
-the JPEG header (image size, colour mode), and read the record's params and top-k targets. The
-items carry the raw bytes as a ``uint8`` tensor; :func:`collate_device_items` packs a batch's
-bytes into one flat tensor with offsets (one shared-memory block per batch, not one per item).
+the JPEG header (:func:`jpeg_header`: size, frame type, components, Adobe marker; PIL opens
+other formats without decoding), and read the record's params and top-k targets. The items carry
+the raw bytes as a ``uint8`` tensor; :func:`collate_device_items` packs a batch's bytes into one
+flat tensor with offsets (one shared-memory block per batch, not one per item).
 
 The replay then decodes the whole batch at once with :func:`decode_images`:
 ``torchvision.io.decode_jpeg(list, device=device)`` (batched nvJPEG on CUDA; libjpeg-turbo on the
-CPU) for baseline and progressive JPEGs whose header says RGB/YCbCr or grey. Everything else goes
-to the package's own CPU decode, :func:`imagenet_plus.imageio.decode_bytes`, exactly as the CPU
-path decodes it: files that are not JPEG (PNG, ...), CMYK/YCCK JPEGs (nvJPEG cannot convert them,
-and their colour conversion is PIL's), any image that ``decode_jpeg`` rejects on its own (a failed
-batched call is retried in halves down to single files: one bad file never sends the whole
-batch to the CPU), and any image that decodes to another size than its header says. Each record's stored box
-is then cropped from its decoded image and resized on the device (:meth:`Policy.crop`, the same
-code as the CPU path), partners included.
+CPU) for 8-bit baseline and progressive Huffman JPEGs of 1 or 3 components without an Adobe
+marker. Everything else goes to the package's own CPU decode,
+:func:`imagenet_plus.imageio.decode_bytes`, exactly as the CPU path decodes it: files that are not
+JPEG (PNG, ...), CMYK/YCCK and Adobe JPEGs (their colour conversion is PIL's), arithmetic-coded
+or 12-bit JPEGs, any image that ``decode_jpeg`` rejects on its own (a failed batched call is
+retried in halves down to single files: one bad file never sends the whole batch to the CPU),
+and any image that decodes to another size than its header says. Each record's stored box is
+then cropped from its decoded image and resized on the device (:meth:`Policy.crop`, the same
+code as the CPU path; the ``ml-dr`` flavour's PIL resize runs on the host), partners included.
 
 Pixels: on the CPU this path equals the CPU path bit for bit (``tests/test_device_decode.py``:
 libjpeg-turbo through ``torchvision.io`` gives PIL's pixels on baseline, progressive,
@@ -43,14 +45,11 @@ from .errors import ImageDecodeError, PolicyError
 from .identity import digest_bytes
 from .imageio import decode_bytes, to_tensor
 
-__all__ = ["DECODE_MODES", "EncodedImage", "EncodedSample", "EncodedRecords", "probe", "encoded_item",
+__all__ = ["DECODE_MODES", "EncodedImage", "EncodedSample", "EncodedRecords", "jpeg_header", "probe", "encoded_item",
            "collate_device_items", "decode_images", "crop_images"]
 
 #: Values of ``decode=``: where a file-backed dataset's images are decoded on the device path.
 DECODE_MODES = ("device", "workers")
-#: PIL modes of JPEGs that ``torchvision.io.decode_jpeg`` decodes to PIL's pixels (others: CPU fallback).
-_DEVICE_MODES = frozenset({"RGB", "L"})
-_ENCODED = ("data", "partner_data")  # per-item byte tensors, packed by the collate function
 
 
 class EncodedImage:
@@ -89,23 +88,72 @@ class EncodedSample(NamedTuple):
     path: str | None
 
 
+#: Start-of-frame markers ``decode_jpeg`` takes (baseline, extended and progressive Huffman); arithmetic coding,
+#: lossless and hierarchical frames go to the fallback.
+_DEVICE_SOF = frozenset({0xC0, 0xC1, 0xC2})
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def jpeg_header(data: bytes) -> tuple[int, int, bool] | None:
+    """``(height, width, device)`` from a JPEG's markers, without decoding; ``None``: not a JPEG this reads.
+
+    ``device``: an 8-bit baseline/extended/progressive Huffman frame of 1 (grey) or 3 (YCbCr) components and no
+    Adobe marker (CMYK/YCCK and Adobe colour transforms are PIL's to convert): what :func:`decode_images` sends
+    to ``decode_jpeg``.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    pos, adobe = 2, False
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _NO_LENGTH:
+            pos += 2
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker == 0xEE and data[pos + 4:pos + 9] == b"Adobe":
+            adobe = True
+        if marker in _SOF:
+            if pos + 10 > n:
+                return None
+            precision, comps = data[pos + 4], data[pos + 9]
+            height, width = (data[pos + 5] << 8) | data[pos + 6], (data[pos + 7] << 8) | data[pos + 8]
+            if height == 0 or width == 0:  # height given by a DNL marker later: let PIL read it
+                return None
+            return height, width, marker in _DEVICE_SOF and precision == 8 and comps in (1, 3) and not adobe
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            return None
+        pos += 2 + length
+    return None
+
+
 def probe(data: bytes, source, path: str | None = None) -> EncodedImage:
     """Read a file's header (no decode): its size and whether :func:`decode_images` sends it to ``decode_jpeg``.
+
+    JPEGs are read by :func:`jpeg_header`; anything else is opened (not decoded) by PIL.
 
     Raises:
         ImageDecodeError: the bytes are not an image PIL can open, naming ``source``.
     """
+    head = jpeg_header(data)
+    if head is not None:
+        return EncodedImage(data, head[0], head[1], head[2], source, path)
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-            jpeg = img.format == "JPEG" and img.mode in _DEVICE_MODES
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         source = source() if callable(source) else source
         raise ImageDecodeError(f"{source}: cannot read the image header ({type(e).__name__}: {e}); the file is "
                                "truncated, corrupt or not an image: restore it from the original dataset") from e
-    return EncodedImage(data, int(height), int(width), bool(jpeg), source, path)
+    return EncodedImage(data, int(height), int(width), False, source, path)
 
 
 def encodes(records) -> bool:
@@ -153,31 +201,28 @@ class EncodedRecords:
         return images, (self.store.params_batch(p, aug) if params else None)
 
 
-def _bytes_tensor(image: EncodedImage | None) -> torch.Tensor:
-    if image is None:
-        return torch.empty(0, dtype=torch.uint8)
-    return torch.frombuffer(bytearray(image.data), dtype=torch.uint8)
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
 def encoded_item(sample: EncodedSample, partner: EncodedImage | None, params: Mapping[str, np.ndarray],
                  partner_params: Mapping[str, np.ndarray], topk_ids, topk_probs, original: bool) -> dict[str, Any]:
-    """One device-decoding item (see :func:`collate_device_items` for the collated batch)."""
-    def size(image):
-        return torch.tensor([0, 0] if image is None else [image.height, image.width], dtype=torch.int64)
-
+    """One device-decoding item: ``"data"``, the file's bytes as a ``torch.uint8 [n]`` tensor, and numpy arrays
+    and Python values for the rest; :func:`collate_device_items` makes the batch's tensors."""
     return {
-        "data": _bytes_tensor(sample.image), "size": size(sample.image), "jpeg": torch.tensor(sample.image.jpeg),
-        "path": sample.path or "",
-        "partner_data": _bytes_tensor(partner), "partner_size": size(partner),
-        "partner_jpeg": torch.tensor(bool(partner is not None and partner.jpeg)),
+        "data": _bytes_tensor(sample.image.data), "size": (sample.image.height, sample.image.width),
+        "jpeg": sample.image.jpeg, "path": sample.path or "",
+        "partner_data": _bytes_tensor(b"" if partner is None else partner.data),
+        "partner_size": (0, 0) if partner is None else (partner.height, partner.width),
+        "partner_jpeg": partner is not None and partner.jpeg,
         "partner_path": "" if partner is None else (partner.path or ""),
-        "params": {k: torch.from_numpy(np.asarray(v).astype(np.int64)) for k, v in params.items()},
-        "partner_params": {k: torch.from_numpy(np.asarray(v).astype(np.int64)) for k, v in partner_params.items()},
-        "topk_ids": torch.from_numpy(np.asarray(topk_ids, dtype=np.int64)),
-        "topk_probs": torch.from_numpy(np.asarray(topk_probs, dtype=np.float32)),
-        "is_original": torch.tensor(bool(original)),
-        "label": torch.tensor(int(sample.label), dtype=torch.int64),
+        "params": params, "partner_params": partner_params,
+        "topk_ids": topk_ids, "topk_probs": topk_probs, "is_original": bool(original), "label": int(sample.label),
     }
+
+
+def _stack(values, dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.stack([np.asarray(v) for v in values]), dtype=dtype))
 
 
 def collate_device_items(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -185,28 +230,33 @@ def collate_device_items(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Items with file bytes (``decode="device"``) become ``{"data": uint8 [total bytes], "offsets":
     int64 [B + 1]`` (item ``b``'s bytes are ``data[offsets[b]:offsets[b + 1]]``), ``"size": int64
-    [B, 2]`` (H, W from the header), ``"jpeg": bool [B]``, ``"path": list[str]``, the same five with
-    the ``partner_`` prefix (empty bytes where a record does not mix), and ``default_collate`` of the
-    rest: ``"params"``/``"partner_params"`` ``{field: int64 [B, ...]}``, ``"topk_ids"`` int64
-    ``[B, K]``, ``"topk_probs"`` float32 ``[B, K]``, ``"is_original"`` bool ``[B]``, ``"label"``
-    int64 ``[B]``}. Items of crops (``decode="workers"``, array-backed datasets) are
-    ``default_collate``-d as before.
+    [B, 2]`` (H, W from the header), ``"jpeg": bool [B]`` (``decode_jpeg`` takes it), ``"path":
+    list[str]``, the same five with the ``partner_`` prefix (no bytes where a record does not mix),
+    ``"params"``/``"partner_params"`` ``{field: int64 [B, ...]}``, ``"topk_ids"`` int64 ``[B, K]``,
+    ``"topk_probs"`` float32 ``[B, K]``, ``"is_original"`` bool ``[B]``, ``"label"`` int64 ``[B]``}.
+    Anything else (crop items of ``decode="workers"`` and array-backed datasets, the CPU path's
+    pairs) is ``default_collate``-d as before.
     """
     from torch.utils.data import default_collate
 
-    if not items or "data" not in items[0]:
+    if not items or not isinstance(items[0], Mapping) or "data" not in items[0]:
         return default_collate(list(items))
     out: dict[str, Any] = {}
-    for key in _ENCODED:
-        prefix = key[: -len("data")]
-        parts = [it[key] for it in items]
-        lengths = torch.tensor([0] + [int(p.numel()) for p in parts], dtype=torch.int64)
-        out[key] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
-        out[f"{prefix}offsets"] = torch.cumsum(lengths, 0)
+    for prefix in ("", "partner_"):
+        parts = [it[f"{prefix}data"] for it in items]
+        offsets = np.zeros(len(parts) + 1, np.int64)
+        np.cumsum([len(p) for p in parts], out=offsets[1:])
+        out[f"{prefix}data"] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+        out[f"{prefix}offsets"] = torch.from_numpy(offsets)
+        out[f"{prefix}size"] = _stack([it[f"{prefix}size"] for it in items], np.int64)
+        out[f"{prefix}jpeg"] = _stack([it[f"{prefix}jpeg"] for it in items], np.bool_)
         out[f"{prefix}path"] = [it[f"{prefix}path"] for it in items]
-    skip = set(_ENCODED) | {"path", "partner_path"}
-    rest = default_collate([{k: v for k, v in it.items() if k not in skip} for it in items])
-    out.update(rest)
+        out[f"{prefix}params"] = {k: _stack([it[f"{prefix}params"][k] for it in items], np.int64)
+                                  for k in items[0][f"{prefix}params"]}
+    out["topk_ids"] = _stack([it["topk_ids"] for it in items], np.int64)
+    out["topk_probs"] = _stack([it["topk_probs"] for it in items], np.float32)
+    out["is_original"] = _stack([it["is_original"] for it in items], np.bool_)
+    out["label"] = _stack([it["label"] for it in items], np.int64)
     return out
 
 

@@ -385,11 +385,14 @@ class ReplaySource:
 
         source = ReplaySource(EncodedRecords(self.data), self.policy, self.chooser, densify=self.densify)
         plan, samples, params, ids, probs, pimages, pparams = source.fetch(items, epoch)
-        out = []
+        out: list[dict[str, Any]] = []
+        if not samples:
+            return out
+        zeros = {k: np.zeros_like(np.asarray(v)[0]) for k, v in params.items()}  # shared: collated, never written
         for b, sample in enumerate(samples):
             row = _row(params, b)
             mixes = pimages[b] is not None
-            prow = _row(pparams, b) if mixes else {k: np.zeros_like(v) for k, v in row.items()}
+            prow = _row(pparams, b) if mixes else zeros
             out.append(encoded_item(sample, pimages[b] if mixes else None, row, prow, ids[b], probs[b],
                                     bool(plan.original[b])))
         return out

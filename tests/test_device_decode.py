@@ -22,7 +22,7 @@ from fakes.torchvision_data import make_cifar100, make_imagefolder, skip_md5_che
 from imagenet_plus.adapters import create_adapter
 from imagenet_plus.augment import create_policy
 from imagenet_plus.datasets import ReinforcedDataset
-from imagenet_plus.device_decode import collate_device_items, decode_images, probe
+from imagenet_plus.device_decode import collate_device_items, decode_images, jpeg_header, probe
 from imagenet_plus.errors import AlignmentError, ArgumentError, ImageDecodeError
 from imagenet_plus.imageio import decode_bytes, to_tensor
 
@@ -65,7 +65,7 @@ def test_device_decoding_equals_the_cpu_path_bit_for_bit(tmp_path, name):
         cpu.set_epoch(epoch)
         dev.set_epoch(epoch)
         items = dev.__getitems__(order)
-        assert all("image" not in it and it["data"].dtype == torch.uint8 for it in items)
+        assert all("image" not in it and it["data"].dtype == torch.uint8 for it in items)  # the file, not pixels
         for d, it in zip(order, items):  # the item carries the file itself, not pixels
             assert it["data"].numpy().tobytes() == adapter.read(d)
         batch = dev.collate_fn(items)
@@ -230,3 +230,25 @@ def test_decode_argument_is_checked(tmp_path):
         ReinforcedDataset(adapter, store, decode="device", transform=lambda x: x)
     assert ReinforcedDataset(adapter, store).decode == "workers"  # the CPU path is unchanged by default
     assert "decode='workers'" in repr(ReinforcedDataset(adapter, store))
+
+
+def test_the_header_reader_agrees_with_pil_and_routes_what_decode_jpeg_cannot_take():
+    files = _photo_jpegs()
+    im = Image.open(io.BytesIO(files["0-420"])).convert("RGB")
+    for mode in ("CMYK",):  # PIL writes an Adobe marker: PIL converts, never decode_jpeg
+        buf = io.BytesIO()
+        im.convert(mode).save(buf, "JPEG", quality=90)
+        files[mode] = buf.getvalue()
+    for name, data in files.items():
+        with Image.open(io.BytesIO(data)) as ref:
+            h, w, device = jpeg_header(data)
+            assert (w, h) == ref.size, name
+            assert device == (ref.mode in ("RGB", "L")), name
+    assert jpeg_header(files["CMYK"])[2] is False
+    png = io.BytesIO()
+    im.save(png, "PNG")
+    assert jpeg_header(png.getvalue()) is None and probe(png.getvalue(), "p.png").jpeg is False
+    assert probe(png.getvalue(), "p.png").size == im.size
+    assert jpeg_header(files["0-420"][:40]) is None  # cut before the frame header: PIL is asked, and refuses
+    with pytest.raises(ImageDecodeError, match="cut.jpg: cannot read the image header"):
+        probe(files["0-420"][:40], "cut.jpg")
