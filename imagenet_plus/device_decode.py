@@ -157,8 +157,10 @@ def probe(data: bytes, source, path: str | None = None) -> EncodedImage:
 
 
 def encodes(records) -> bool:
-    """Whether a records source can ship file bytes: a dataset copy whose adapter reads files."""
-    return isinstance(getattr(records, "adapter", None), FileAdapter)
+    """Whether a records source can ship file bytes: a dataset copy whose adapter reads files and decodes them the
+    package's way (a subclass with its own ``load`` decodes otherwise: its samples are cropped in the workers)."""
+    adapter = getattr(records, "adapter", None)
+    return isinstance(adapter, FileAdapter) and type(adapter).load is FileAdapter.load
 
 
 class EncodedRecords:
@@ -171,8 +173,9 @@ class EncodedRecords:
 
     def __init__(self, records) -> None:
         if not encodes(records):
-            raise PolicyError(f"device decoding needs a dataset of image files; {type(records).__name__} over "
-                              f"{type(getattr(records, 'adapter', None)).__name__} has none: use decode='workers'")
+            raise PolicyError(f"device decoding needs a dataset of image files decoded the package's way; "
+                              f"{type(records).__name__} over {type(getattr(records, 'adapter', None)).__name__} is "
+                              "not one (no files, or its own load()): use decode='workers'")
         self.inner = records
         self.adapter, self.store, self.checker = records.adapter, records.store, records.checker
         self.num_samples, self.num_classes = records.num_samples, records.num_classes

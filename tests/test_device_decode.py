@@ -252,3 +252,26 @@ def test_the_header_reader_agrees_with_pil_and_routes_what_decode_jpeg_cannot_ta
     assert jpeg_header(files["0-420"][:40]) is None  # cut before the frame header: PIL is asked, and refuses
     with pytest.raises(ImageDecodeError, match="cut.jpg: cannot read the image header"):
         probe(files["0-420"][:40], "cut.jpg")
+
+
+def test_an_adapter_with_its_own_load_keeps_the_worker_crops(tmp_path):
+    """A FileAdapter subclass that decodes its own way (here: a grey version of each file) must not have its files
+    decoded by decode_jpeg: its samples are cropped in the workers, from its own load."""
+    from imagenet_plus.adapters.base import LoadedSample
+    from imagenet_plus.adapters.torchvision import ImageFolderAdapter
+
+    class GreyFolder(ImageFolderAdapter):
+        def load(self, i):
+            s = super().load(i)
+            return LoadedSample(s.image.convert("L").convert("RGB"), s.label, s.digest, s.path)
+
+    policy = create_policy("rrc", output_size=SIZE)
+    make_imagefolder(tmp_path / "data", classes=3, n_per_class=2, n_val_per_class=0, seed=3)
+    adapter = create_adapter("imagefolder", tmp_path / "data", "train")
+    grey = GreyFolder(adapter.dataset, split="train")
+    write_replay_store(tmp_path / "store", grey, policy, num_augmentations=2)
+    cpu, dev = _pair(grey, tmp_path / "store")
+    items = dev.__getitems__(range(len(grey)))
+    assert all("image" in it and "data" not in it for it in items)
+    x, _ = dev.create_device_replay("cpu")(dev.collate_fn(items))
+    assert torch.equal(torch.stack([im for im, _ in cpu.__getitems__(range(len(grey)))]), x)
