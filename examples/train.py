@@ -215,7 +215,7 @@ class Trainer:
         return create_policy(cfg, mix=None)
 
     def _create_data(self) -> None:
-        from imagenet_plus import DeviceReplay, ReinforcedDataset
+        from imagenet_plus import DeviceReplay, ReinforcedDataset, collate_device_items
         from imagenet_plus.augment import create_eval_transform
 
         r, data = self.r, self.r["data"]
@@ -248,6 +248,7 @@ class Trainer:
         workers = r["workers"]
         self.loader = DataLoader(self.train_set, batch_size=r["batch_size"] // world, sampler=self.sampler,
                                  num_workers=workers, drop_last=True, pin_memory=self.cuda,
+                                 collate_fn=collate_device_items,  # device path: packs the files' bytes
                                  persistent_workers=workers > 0, worker_init_fn=_seed_worker,
                                  generator=torch.Generator().manual_seed(r["seed"]))
         if len(self.loader) == 0:

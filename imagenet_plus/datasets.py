@@ -37,6 +37,7 @@ from ._checks import check_choice, check_device, check_int, check_probability
 from .adapters import (CIFAR100Adapter, DatasetAdapter, Flowers102Adapter, Food101Adapter, ImageNetAdapter,
                        SubsetAdapter, adapt)
 from .augment import create_eval_transform, create_policy
+from .device_decode import DECODE_MODES, collate_device_items, encodes
 from .errors import AlignmentError, ArgumentError, ReinforcementError
 from .hub import open_reinforcements
 from .identity import CHECK_MODES, IdentityChecker
@@ -175,8 +176,16 @@ class ReinforcedDataset(Dataset):
         densify: ``"smooth"`` (spread the tail mass over the other classes) or ``"none"``.
         sampling: ``"random"`` (an augmentation drawn per epoch) or ``"cycle"`` (each
             augmentation exactly once per ``num_augmentations`` epochs).
-        device: ``"cpu"`` to replay in the DataLoader workers; ``"cuda"`` to return crops and
-            sparse targets for :class:`~imagenet_plus.replay.DeviceReplay`.
+        device: ``"cpu"`` to replay in the DataLoader workers; ``"cuda"`` to return device-path
+            items (params and sparse targets, with file bytes or crops, see ``decode``) for
+            :class:`~imagenet_plus.replay.DeviceReplay`; collate them with :attr:`collate_fn`.
+        decode: where a dataset of image files is decoded on the device path: ``"device"`` (the
+            default with ``device="cuda"``): workers only read each file, check its digest and
+            identity and read its records; ``DeviceReplay`` decodes the batch (nvJPEG) and crops and
+            resizes on the GPU (:mod:`imagenet_plus.device_decode`); ``"workers"``: workers decode
+            and crop, the GPU finishes (bit-exact geometry). ``device="cpu"`` with
+            ``decode="device"`` makes the same byte items for a ``DeviceReplay`` on the CPU (equal to
+            the CPU path bit for bit). Array-backed datasets (CIFAR, digits) always crop in the workers.
         transform: replaces the normalisation: takes the replayed uint8 ``[3, S, S]`` tensor.
         target_transform: takes the float32 soft target ``[C]``.
         seed: seed of the per-epoch choices (default: drawn once, see ``self.seed``).
@@ -187,7 +196,7 @@ class ReinforcedDataset(Dataset):
     def __init__(self, base, reinforcements, *, num_augmentations: int | None = None, p_original: float = 0.01,
                  densify: str = "smooth", sampling: str = "random", device: str | torch.device = "cpu",
                  transform: Callable | None = None, target_transform: Callable | None = None,
-                 seed: int | None = None, check: str = "exact") -> None:
+                 seed: int | None = None, check: str = "exact", decode: str | None = None) -> None:
         check_choice(densify, "densify", DENSIFY_MODES)
         check_choice(sampling, "sampling", SAMPLINGS)
         check_choice(check, "check", CHECK_MODES)
@@ -195,9 +204,12 @@ class ReinforcedDataset(Dataset):
         check_int(num_augmentations, "num_augmentations", low=1, optional=True)
         self.device = check_device(device, f"device={str(device)!r}",
                                    "use device='cpu' (replay in the DataLoader workers)")
-        if self.device.type != "cpu" and (transform is not None or target_transform is not None):
+        self.decode = check_choice("device" if decode is None and self.device.type == "cuda" else decode or "workers",
+                                   "decode", DECODE_MODES)
+        if (self.device.type != "cpu" or self.decode == "device") and (transform is not None or
+                                                                        target_transform is not None):
             raise ArgumentError(f"transform/target_transform apply to the CPU path; with device='{self.device}' "
-                                "DeviceReplay finishes the batch: apply them to its output")
+                                f"and decode={self.decode!r} DeviceReplay finishes the batch: apply them to its output")
         self.adapter = adapt(base)
         self.base = self.adapter.dataset
         self.transform, self.target_transform = transform, target_transform
@@ -263,14 +275,23 @@ class ReinforcedDataset(Dataset):
     def __getitems__(self, indices) -> list:
         """A whole batch of items at once (the DataLoader calls this): one batched read and finish."""
         idx = [self._index(i) for i in indices]
-        if self.device.type != "cpu":
-            return self.source.device_items(idx)
+        if self.device.type != "cpu" or self.decode == "device":
+            device_decode = self.decode == "device" and encodes(self.source.data)
+            return self.source.device_items(idx, decode="device" if device_decode else "workers")
         x, targets = self.source.items(idx, normalized=self.transform is None)
         if self.transform is not None:
             x = [self.transform(v) for v in x]
         if self.target_transform is not None:
             return [(x[b], self.target_transform(targets[b])) for b in range(len(idx))]
         return [(x[b], targets[b]) for b in range(len(idx))]
+
+    @property
+    def collate_fn(self):
+        """The DataLoader ``collate_fn`` of this dataset's items (device path: variable-length file bytes packed
+        into one tensor, :func:`~imagenet_plus.device_decode.collate_device_items`; CPU path: ``default_collate``)."""
+        from torch.utils.data import default_collate
+
+        return collate_device_items if (self.device.type != "cpu" or self.decode == "device") else default_collate
 
     def create_device_replay(self, device: str | torch.device | None = None):
         """The :class:`~imagenet_plus.replay.DeviceReplay` that finishes this dataset's device-path batches."""
@@ -290,7 +311,7 @@ class ReinforcedDataset(Dataset):
                 f"store={str(self.store.root)!r} ({m.dataset}/{m.split}), num_augmentations="
                 f"{self.num_augmentations}, num_classes={self.num_classes}, policy={self.policy.name!r}, "
                 f"p_original={self.p_original}, densify={self.densify!r}, sampling={self.sampling!r}, "
-                f"device={str(self.device)!r}, check={self.check!r}, seed={self.seed})")
+                f"device={str(self.device)!r}, decode={self.decode!r}, check={self.check!r}, seed={self.seed})")
 
 
 class _PlusDataset(VisionDataset):
@@ -302,7 +323,8 @@ class _PlusDataset(VisionDataset):
                  num_augmentations: int | None = None, p_original: float = 0.01, densify: str = "smooth",
                  sampling: str = "random", device: str | torch.device = "cpu",
                  transform: Callable | None = None, target_transform: Callable | None = None,
-                 seed: int | None = None, check: str = "exact", **base_kwargs: Any) -> None:
+                 seed: int | None = None, check: str = "exact", decode: str | None = None,
+                 **base_kwargs: Any) -> None:
         super().__init__(root)
         self._split = check_choice(split, "split", self._adapter.splits)
         self.adapter = self._adapter.create(root, split, **base_kwargs)
@@ -313,7 +335,7 @@ class _PlusDataset(VisionDataset):
                                         num_augmentations)  # dataset, split and classes: compared by _align
             self.reinforced = ReinforcedDataset(
                 self.adapter, store, p_original=p_original, densify=densify, sampling=sampling, device=device,
-                transform=transform, target_transform=target_transform, seed=seed, check=check)
+                transform=transform, target_transform=target_transform, seed=seed, check=check, decode=decode)
             self.transform, self.target_transform = transform, target_transform
         else:
             self.transform = transform if transform is not None else create_eval_transform()
@@ -339,6 +361,13 @@ class _PlusDataset(VisionDataset):
         """Set the epoch of the training split (see :meth:`ReinforcedDataset.set_epoch`); no-op on others."""
         if self.reinforced is not None:
             self.reinforced.set_epoch(epoch)
+
+    @property
+    def collate_fn(self):
+        """The DataLoader ``collate_fn`` of this split's items (see :attr:`ReinforcedDataset.collate_fn`)."""
+        from torch.utils.data import default_collate
+
+        return self.reinforced.collate_fn if self.reinforced is not None else default_collate
 
     def create_device_replay(self, device: str | torch.device | None = None):
         """The :class:`~imagenet_plus.replay.DeviceReplay` that finishes the training split's device-path batches."""
@@ -378,7 +407,7 @@ class ImageNetPlus(_PlusDataset):
         split (string, optional): ``"train"`` (default) or ``"val"``.
         reinforcements (optional): store folder, Hub repo id (``"org/name@revision"``) or opened
             store; default the package's ImageNet+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; ``val``: replaces the evaluation transform (takes a PIL image).
@@ -400,7 +429,7 @@ class CIFAR100Plus(_PlusDataset):
         split (string, optional): ``"train"`` (default) or ``"test"``.
         reinforcements (optional): store folder, Hub repo id or opened store; default the
             package's CIFAR-100+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; ``test``: replaces the evaluation transform (takes a PIL image).
@@ -423,7 +452,7 @@ class Flowers102Plus(_PlusDataset):
         split (string, optional): ``"train"`` (default), ``"val"`` or ``"test"``.
         reinforcements (optional): store folder, Hub repo id or opened store; default the
             package's Flowers-102+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; others: replaces the evaluation transform (takes a PIL image).
@@ -446,7 +475,7 @@ class Food101Plus(_PlusDataset):
         split (string, optional): ``"train"`` (default) or ``"test"``.
         reinforcements (optional): store folder, Hub repo id or opened store; default the
             package's Food-101+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; ``test``: replaces the evaluation transform (takes a PIL image).

@@ -353,8 +353,12 @@ class ReplaySource:
         targets = make_targets(ids, probs, plan.original, [s.label for s in samples], self.num_classes, self.densify)
         return x, targets
 
-    def device_items(self, items, epoch: int | None = None) -> list[dict[str, Any]]:
-        """Device-path items (crops, params, sparse targets) of ``items`` for :class:`DeviceReplay`."""
+    def device_items(self, items, epoch: int | None = None, *, decode: str = "workers") -> list[dict[str, Any]]:
+        """Device-path items of ``items`` for :class:`DeviceReplay`: params and sparse targets, and either the
+        crops made here (``decode="workers"``) or the files' bytes, identity checked and not decoded
+        (``decode="device"``; :mod:`imagenet_plus.device_decode`, for a :class:`StoreRecords` over image files)."""
+        if decode == "device":
+            return self._encoded_items(items, epoch)
         plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch)
         s = self.policy.output_size
         out = []
@@ -372,6 +376,25 @@ class ReplaySource:
                 "is_original": torch.tensor(bool(plan.original[b])),
                 "label": torch.tensor(int(sample.label), dtype=torch.int64),
             })
+        return out
+
+    def _encoded_items(self, items, epoch: int | None) -> list[dict[str, Any]]:
+        """``device_items(decode="device")``: the same choice, records and partners, read through
+        :class:`~imagenet_plus.device_decode.EncodedRecords` (bytes, digest, identity, header; no decode)."""
+        from .device_decode import EncodedRecords, encoded_item
+
+        source = ReplaySource(EncodedRecords(self.data), self.policy, self.chooser, densify=self.densify)
+        plan, samples, params, ids, probs, pimages, pparams = source.fetch(items, epoch)
+        out: list[dict[str, Any]] = []
+        if not samples:
+            return out
+        zeros = {k: np.zeros_like(np.asarray(v)[0]) for k, v in params.items()}  # shared: collated, never written
+        for b, sample in enumerate(samples):
+            row = _row(params, b)
+            mixes = pimages[b] is not None
+            prow = _row(pparams, b) if mixes else zeros
+            out.append(encoded_item(sample, pimages[b] if mixes else None, row, prow, ids[b], probs[b],
+                                    bool(plan.original[b])))
         return out
 
     def replay_record(self, store_index: int, aug: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -392,16 +415,30 @@ class DeviceReplay:
             available, else CPU.
         non_blocking: copy host tensors with ``non_blocking=True`` (use pinned memory).
 
-    Call it on what ``default_collate`` makes of the dataset's device-path items: ``{"image":
-    uint8 [B,3,S,S], "partner": uint8 [B,3,S,S], "params": {field: [B, ...]},
-    "partner_params": {field: [B, ...]}, "topk_ids": int64 [B,K], "topk_probs": float32 [B,K],
-    "is_original": bool [B], "label": int64 [B]}``. Returns ``(images float32 [B,3,S,S],
-    targets float32 [B,C])`` on the device. Originals are finished like the others (their
-    params carry the freshly drawn RandAugment ops and erasing box) but never mixed, and get
-    one-hot targets.
+    Call it on what the dataset's ``collate_fn``
+    (:func:`~imagenet_plus.device_decode.collate_device_items`) makes of its device-path items.
+    Two kinds of batch:
+
+    * file bytes (``decode="device"``, the default of ``device="cuda"`` for datasets of image
+      files): ``{"data", "offsets", "size", "jpeg", "path"}`` and the same with the ``partner_``
+      prefix; the batch is decoded here (:func:`~imagenet_plus.device_decode.decode_images`: batched
+      ``torchvision.io.decode_jpeg`` on ``device``, the package's CPU decode for what it cannot
+      read) and each record's box cropped and resized here, partners alike;
+    * crops made in the workers (``decode="workers"``, array-backed datasets): ``{"image": uint8
+      [B,3,S,S], "partner": uint8 [B,3,S,S]}``.
+
+    Both carry ``"params": {field: [B, ...]}``, ``"partner_params": {field: [B, ...]}``,
+    ``"topk_ids"`` int64 ``[B,K]``, ``"topk_probs"`` float32 ``[B,K]``, ``"is_original"`` bool ``[B]``,
+    ``"label"`` int64 ``[B]``. Returns ``(images float32 [B,3,S,S], targets float32 [B,C])`` on the
+    device. Originals are finished like the others (their params carry the freshly drawn
+    RandAugment ops and erasing box) but never mixed, and get one-hot targets. ``self.decoded``
+    counts the images decoded by ``decode_jpeg`` (``"device"``) and by the CPU fallback
+    (``"fallback"``).
 
     Example:
         >>> replay = train.create_device_replay("cuda")
+        >>> loader = DataLoader(train, batch_size=256, num_workers=4, collate_fn=train.collate_fn,
+        ...                     pin_memory=True)
         >>> for batch in loader:
         ...     images, targets = replay(batch)
     """
@@ -417,6 +454,7 @@ class DeviceReplay:
         self.device = check_device(device, f"DeviceReplay(device={str(device)!r})",
                                    "use device='cpu' or the dataset's CPU path")
         self.non_blocking = non_blocking
+        self.decoded = {"device": 0, "fallback": 0}
 
     def __repr__(self) -> str:
         return (f"DeviceReplay(policy={self.policy.name!r}, num_classes={self.num_classes}, "
@@ -432,27 +470,71 @@ class DeviceReplay:
             out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
         return out
 
+    def _decode_crops(self, batch: Mapping[str, Any], params, partner_params) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode a batch of file bytes (images and partners in one call) and crop each record on the device."""
+        from .device_decode import _split, crop_images, decode_images
+
+        for key in ("size", "jpeg", "partner_data", "partner_offsets", "partner_size", "partner_jpeg"):
+            if key not in batch:
+                raise PolicyError(f"DeviceReplay: batch of file bytes lacks {key!r}; collate the items with the "
+                                  "dataset's collate_fn (imagenet_plus.device_decode.collate_device_items)")
+        data, pdata = _split(batch, ""), _split(batch, "partner_")
+        B = len(data)
+        has = [b for b in range(B) if pdata[b].numel()]
+        jpeg = np.asarray(torch.as_tensor(batch["jpeg"]).cpu(), bool).reshape(-1)
+        pjpeg = np.asarray(torch.as_tensor(batch["partner_jpeg"]).cpu(), bool).reshape(-1)
+        sizes = np.asarray(torch.as_tensor(batch["size"]).cpu()).reshape(-1, 2)
+        psizes = np.asarray(torch.as_tensor(batch["partner_size"]).cpu()).reshape(-1, 2)
+        paths, ppaths = list(batch.get("path", [])), list(batch.get("partner_path", []))
+        decoded = decode_images(data + [pdata[b] for b in has], list(jpeg) + [pjpeg[b] for b in has],
+                                np.concatenate([sizes, psizes[has]]).reshape(-1, 2), self.device,
+                                (paths + [ppaths[b] for b in has]) if len(paths) == B and len(ppaths) == B else (),
+                                stats=self.decoded)
+        partners: list = [None] * B
+        for n, b in enumerate(has):
+            partners[b] = decoded[B + n]
+        images = crop_images(self.policy, decoded[:B], params, self.device)
+        return images, crop_images(self.policy, partners, partner_params if partner_params is not None else params,
+                                   self.device)
+
+    def _images(self, batch: Mapping[str, Any], params, partner_params) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's crops and partner crops on the device: decoded here, or moved from the workers."""
+        if "data" in batch:
+            images, partners = self._decode_crops(batch, params, partner_params)
+            return images, partners if self.policy.uses_mix else None
+        images = batch["image"].to(self.device, non_blocking=self.non_blocking)
+        if not self.policy.uses_mix:
+            return images, None
+        if "partner" not in batch:
+            raise PolicyError("DeviceReplay: mixing policy needs 'partner' and 'partner_params' in the batch")
+        return images, batch["partner"].to(self.device, non_blocking=self.non_blocking)
+
     def __call__(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay a collated batch; see the class docstring."""
-        for key in ("image", "params", "topk_ids", "topk_probs"):
+        for key in ("params", "topk_ids", "topk_probs"):
             if key not in batch:
                 raise PolicyError(f"DeviceReplay: batch lacks {key!r}; pass a collated batch of device-path items "
                                   "(ReinforcedDataset(..., device='cuda'))")
-        images = batch["image"].to(self.device, non_blocking=self.non_blocking)
-        B = images.shape[0]
+        if "image" not in batch and "data" not in batch:
+            raise PolicyError("DeviceReplay: batch lacks 'image' (worker crops) and 'data' (file bytes); pass a "
+                              "collated batch of device-path items (ReinforcedDataset(..., device='cuda'))")
+        if "data" in batch and "offsets" not in batch:
+            raise PolicyError("DeviceReplay: batch of file bytes lacks 'offsets'; collate the items with the "
+                              "dataset's collate_fn (imagenet_plus.device_decode.collate_device_items)")
+        B = len(batch["offsets"]) - 1 if "data" in batch else int(batch["image"].shape[0])
         is_orig = batch.get("is_original")
         is_orig = np.zeros(B, bool) if is_orig is None else np.asarray(torch.as_tensor(is_orig).cpu(), bool).reshape(B)
         params = self.policy.without_mixing(self._params(batch["params"]), is_orig)  # originals never mix
-        partners = partner_params = None
+        partner_params = None
         if self.policy.uses_mix:
-            if "partner" not in batch or "partner_params" not in batch:
+            if "partner_params" not in batch:
                 raise PolicyError("DeviceReplay: mixing policy needs 'partner' and 'partner_params' in the batch")
-            partners = batch["partner"].to(self.device, non_blocking=self.non_blocking)
             partner_params = self._params(batch["partner_params"])
             mixes, _ = self.policy.mixing(params)
             if len(mixes) != B:
                 raise PolicyError(f"DeviceReplay: params hold {len(mixes)} records but the batch has {B} images")
         self.policy.check_params(params, what="DeviceReplay params")
+        images, partners = self._images(batch, params, partner_params)
         x = self.policy.finish_normalized(images, params, partners, partner_params)
         if is_orig.any() and "label" not in batch:
             raise PolicyError("DeviceReplay: batch has is_original records but no 'label'")
