@@ -23,7 +23,8 @@ once and ``M`` of its stored records replayed from it (``ReinforcedDataset(recor
 ``epochs`` keeps its meaning, the records each sample contributes: the run makes ``epochs / M``
 passes, each serving ``M`` records per sample, with ``batch_size`` still the items per optimiser
 step (``batch_size / M`` samples per loader batch), so an ``M`` run takes the same number of
-optimiser steps (up to the rounding of the last batch of a pass) on the same learning-rate schedule as the
+optimiser steps (``M`` times the ``M=1`` loader's full batches per pass; the views left over at the end
+of a pass go unused, as ``M=1`` drops its last partial batch) on the same learning-rate schedule as the
 ``M=1`` run of the same recipe: compare them with the same ``--epochs`` (a multiple of ``M``).
 Evaluation, checkpoints and log records come once per pass (record ``epoch`` = records per sample
 so far, ``pass``, ``global_step``). The views of a sample share a batch (FKD's way) unless
@@ -265,7 +266,7 @@ class Trainer:
         self.train_set = ds if data["repeats"] == 1 else Repeat(ds, data["repeats"])
         self._create_loader(r)
         world = self.dist.world
-        if len(self.loader) == 0:
+        if self.steps_per_pass == 0:
             raise ArgumentError(f"{len(self.train_set)} training samples over {world} rank(s) make no full batch "
                                 f"of {r['batch_size']}; lower batch_size or raise data.repeats")
         workers = r["workers"]
@@ -304,6 +305,9 @@ class Trainer:
                                         drop_last=True)
         self.batches = self.loader if self.buffer is None else self.buffer
         self.passes = r["epochs"] // views
+        # M epochs' worth of steps: M * (the M=1 loader's full batches), so the M=1 and M runs take the same
+        # steps and items (the last, partial batches of a pass's views go unused, as M=1 drops its last batch)
+        self.steps_per_pass = views * (len(self.sampler) // per_rank)
 
     # ------------------------------------------------------------------ model
     def _create_model(self) -> None:
@@ -327,7 +331,7 @@ class Trainer:
             self.model, opt=o["name"], lr=o["lr"], weight_decay=o["weight_decay"], momentum=o["momentum"],
             filter_bias_and_bn=o["filter_bias_and_bn"], **o["kwargs"])
         s = r["scheduler"]
-        self.steps_per_epoch = len(self.loader)  # per pass (= per epoch for records_per_decode 1)
+        self.steps_per_epoch = self.steps_per_pass  # per pass (= len(loader) for records_per_decode 1)
         self.total_steps = self.steps_per_epoch * self.passes
         warm = s["warmup_epochs"]  # below epochs (resolve_run)
         # warmup_prefix: warm up first, then decay over the remaining epochs (ml-dr's schedule); in passes, a pass

@@ -70,6 +70,12 @@ def test_an_m_run_takes_the_m1_runs_steps_on_its_schedule(store):
     assert one.steps_per_epoch == 6 and two.steps_per_epoch == 12  # a pass: M epochs' worth of steps
     assert one.total_steps == two.total_steps == 24
     assert _lrs(two) == pytest.approx(_lrs(one), rel=1e-12, abs=1e-15)  # warm-up included (1 epoch = half a pass)
+    # 90 samples: 5 full batches of 16 per M=1 epoch; an M=2 pass takes 2 * 5 steps of its 11 loader batches
+    odd_one, odd_two = (_trainer(store, ("data.train_samples", 90), *o) for o in ((), (("records_per_decode", 2),)))
+    assert (odd_one.steps_per_epoch, odd_two.steps_per_epoch, len(odd_two.loader)) == (5, 10, 11)
+    assert odd_one.total_steps == odd_two.total_steps == 20
+    assert _lrs(odd_two) == pytest.approx(_lrs(odd_one), rel=1e-12, abs=1e-15)
+    assert odd_two.train_epoch(0, train_step=False)["steps"] == 10
     two.set_epoch(1)
     batch = next(iter(two.batches))
     indices = list(two.sampler)[:8]  # 16 items: 8 samples, 2 views each, the views of a sample together
