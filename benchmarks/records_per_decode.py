@@ -12,7 +12,7 @@ One thread; rates are medians of interleaved rounds, so a busy machine slows eve
 Prints one JSON object: absolute items/s, the ratio of each M to M=1, to torchvision's PIL
 pipeline and to its fastest pipeline.
 
-    python benchmarks/records_per_decode.py [--images 24] [--seconds 6] [--rounds 8] [--views 1,2,4,8]
+    python benchmarks/records_per_decode.py [--images 24] [--seconds 6] [--rounds 8] [--views 1,2,4,8] [--quick]
 """
 
 from __future__ import annotations
@@ -76,7 +76,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seconds", type=float, default=6.0, help="timing window per pipeline")
     ap.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds (median is reported)")
     ap.add_argument("--policy", default="rrc+ra/re")
+    ap.add_argument("--quick", action="store_true", help="small sizes (8 images, short rounds: a smoke run)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.images, args.seconds, args.rounds = 8, 1.0, 2
     views = [int(v) for v in args.views.split(",")]
     if views[0] != 1 or any(v < 1 or args.batch % v for v in views):
         ap.error(f"--views must start with 1 and each M must divide --batch {args.batch}")

@@ -11,6 +11,8 @@ exactly once per pass, deterministically.
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -249,3 +251,21 @@ def test_the_shuffle_buffer_spreads_a_samples_views_over_batches(mixing):
     assert sorted(seen) == sorted((k, i) for k, i, _ in refs)  # every view of every sample, once
     grouped = len(refs) - len(refs) // 4  # batches of 8 = 2 samples x 4 views: 3 repeats per sample
     assert together < grouped / 2
+
+
+def test_the_benchmark_reports_every_m_against_m1_and_torchvision():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "records_per_decode.py"), "--quick", "--views",
+                        "1,4"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["benchmark"] == "records_per_decode" and out["threads"] == 1 and set(out["views"]) == {"1", "4"}
+    assert out["views"]["1"]["vs_m1"] == 1.0 and out["torchvision_pil_items_per_s"] > 0
+    for v in out["views"].values():
+        assert v["items_per_s"] > 0 and v["vs_torchvision_pil"] >= v["vs_torchvision_fastest"] > 0
