@@ -275,7 +275,10 @@ class ReinforcedDataset(Dataset):
         return bool(plan.original[0]), int(plan.aug[0])
 
     def choose_views(self, index: int, epoch: int | None = None) -> list[tuple[int, bool, int]]:
-        """``[(record_epoch, is_original, j)]`` of the ``M`` views of item ``index`` in pass ``epoch`` (default current)."""
+        """``[(record_epoch, is_original, j)]`` of the ``M`` views of item ``index`` in pass ``epoch``.
+
+        ``epoch`` defaults to the current one; with ``records_per_decode=1``: ``[(epoch, is_original, j)]``.
+        """
         plan = self.source.plan([self._index(index)], epoch, views=self.records_per_decode)
         return [(int(r), bool(o), int(j)) for r, o, j in zip(plan.epochs, plan.original, plan.aug)]
 
