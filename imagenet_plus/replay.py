@@ -20,6 +20,13 @@ own checks alike:
   partners where :meth:`Policy.mixing` says a record mixes, crop each, finish the batch, densify.
   :func:`draw_seed` is the default seed of every path.
 
+Several records per decode (``views=M``, FKD's trick): :meth:`ReplaySource.items` decodes each
+sample of a batch once and replays ``M`` of its records from that one decode. Pass ``e`` then
+serves, for every sample, the records of record-epochs ``e*M, ..., e*M+M-1`` (:func:`record_epochs`):
+view ``k`` of a sample is bit for bit the item the one-record path serves for it in epoch
+``e*M+k`` (its original-or-record choice, its ``cycle`` position, an original's fresh params, its
+partner's own record). Items come out sample-major: the ``M`` views of a sample together.
+
 :class:`DeviceReplay` finishes a collated batch of device-path items on a GPU.
 
 Tolerance of the device path against the per-sample CPU path: on the CPU bit-exact; on CUDA,
@@ -37,10 +44,10 @@ import torch
 
 from . import _rng
 from ._checks import check_choice, check_device, check_int, check_probability
-from .errors import PolicyError
+from .errors import ArgumentError, PolicyError
 
 __all__ = ["SAMPLINGS", "DENSIFY_MODES", "SharedEpoch", "Chooser", "draw_seed", "original_params", "render",
-           "make_targets", "Plan", "StoreRecords", "ReplaySource", "DeviceReplay"]
+           "make_targets", "record_epochs", "Plan", "StoreRecords", "ReplaySource", "DeviceReplay"]
 
 #: Values of ``sampling=`` and ``densify=``.
 SAMPLINGS = ("random", "cycle")
@@ -108,20 +115,22 @@ class Chooser:
                 f"p_original={self.p_original}, sampling={self.sampling!r}, epoch={self.epoch.get()})")
 
 
-def original_params(policy, seed: int, store_index, epoch: int, heights, widths, num_samples: int
+def original_params(policy, seed: int, store_index, epoch, heights, widths, num_samples: int
                     ) -> dict[str, np.ndarray]:
     """Params of original images: the policy's ordinary random augmentation for ``(seed, epoch, sample)``, unmixed.
 
     Every single-image field (crop, flip, RandAugment, erasing) is drawn by ``policy.sample`` with
     a seed derived from ``seed`` on the original-image stream, for records ``(i, epoch)`` of
     images ``heights x widths``; mixing fields say "no mix" (an original's target is one-hot).
+    ``epoch``: one epoch for all, or one per image (``[B]``: several records per decode).
 
     Returns:
         ``{field: array [B, *field.shape]}``.
     """
     derived = int(_rng.record_keys(seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
     i = np.asarray(store_index, dtype=np.int64).reshape(-1)
-    return policy.sample(derived, i, np.full_like(i, epoch), heights, widths, num_samples, mix=False)
+    e = np.broadcast_to(np.asarray(epoch, dtype=np.int64), i.shape).copy()
+    return policy.sample(derived, i, e, heights, widths, num_samples, mix=False)
 
 
 def _row(params: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
@@ -191,19 +200,41 @@ def draw_seed(seed: int | None = None) -> int:
     return check_int(seed, "seed", low=0)
 
 
+def record_epochs(epoch: int, views: int) -> np.ndarray:
+    """The record-epochs pass ``epoch`` serves with ``views`` records per decode: ``epoch*views + [0, views)``."""
+    return int(epoch) * int(views) + np.arange(int(views), dtype=np.int64)
+
+
 class Plan(NamedTuple):
-    """What a batch of items uses."""
+    """What a batch of items uses (``views > 1``: ``B*views`` entries, the views of a sample together)."""
 
     index: np.ndarray  # the source's own item indices [B] (dataset indices; store indices for rows)
     store_index: np.ndarray  # store sample indices [B]
     original: np.ndarray  # bool [B]
     aug: np.ndarray  # augmentation index j [B] (meaningless where original)
-    epoch: int
+    epoch: int  # the epoch asked for (with views > 1: the pass)
+    record_epoch: np.ndarray | None = None  # int64 [B]: each entry's record-epoch (None: all ``epoch``)
+    views: int = 1  # records per decode: entries b*views .. b*views+views-1 share one decoded sample
 
     @property
     def read_aug(self) -> np.ndarray:
         """The augmentation index to read: ``aug``, 0 for originals (their stored row is only a placeholder)."""
         return np.where(self.original, 0, self.aug)
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """int64 ``[B]``: the record-epoch of every entry (what its choice and an original's params depend on)."""
+        if self.record_epoch is not None:
+            return self.record_epoch
+        return np.full(len(self.store_index), int(self.epoch), dtype=np.int64)
+
+    def decoded(self) -> "Plan":
+        """The entries that are decoded: one per sample (the first view of each)."""
+        if self.views == 1:
+            return self
+        v = self.views
+        return Plan(self.index[::v], self.store_index[::v], self.original[::v], self.aug[::v], self.epoch,
+                    self.epochs[::v], 1)
 
 
 class StoreRecords:
@@ -254,7 +285,11 @@ class StoreRecords:
         return self.store.records_batch(plan.store_index, plan.read_aug)
 
     def partners(self, p: np.ndarray, aug: np.ndarray, params: bool) -> tuple[list, dict | None]:
-        images = [self.load(self.dataset_index(s), s).image for s in p]
+        decoded: dict[int, Any] = {}  # a partner met twice in a batch is decoded once
+        for s in map(int, p):
+            if s not in decoded:
+                decoded[s] = self.load(self.dataset_index(s), s).image
+        images = [decoded[int(s)] for s in p]
         return images, (self.store.params_batch(p, aug) if params else None)
 
 
@@ -290,14 +325,29 @@ class ReplaySource:
         return self.data.to_store
 
     # -- which records ---------------------------------------------------------------------------------
-    def plan(self, items, epoch: int | None = None, aug=None) -> Plan:
-        """Choose the records of ``items`` in ``epoch`` (default the current one); ``aug``: records ``(i, aug)``."""
+    def plan(self, items, epoch: int | None = None, aug=None, *, views: int = 1) -> Plan:
+        """Choose the records of ``items`` in ``epoch`` (default the current one); ``aug``: records ``(i, aug)``.
+
+        ``views=M > 1``: ``epoch`` is a pass, and each item gets ``M`` entries (sample-major), the
+        records of record-epochs :func:`record_epochs` ``(epoch, M)``, each chosen exactly as the
+        one-record path chooses it in that epoch.
+        """
         index, s = self.data.locate(items)
+        views = check_int(views, "records_per_decode", low=1)
         if aug is not None:  # exact records: no choice, never an original
+            if views != 1:
+                raise ArgumentError(f"records_per_decode={views}: an exact replay (aug=...) is one record per item; "
+                                    "pass records_per_decode=1")
             return Plan(index, s, np.zeros(len(s), bool), np.broadcast_to(np.asarray(aug, np.int64), s.shape), 0)
         e = self.chooser.epoch.get() if epoch is None else int(epoch)
-        original, j = self.chooser.choose(s, e)
-        return Plan(index, s, original, j, e)
+        if views == 1:
+            original, j = self.chooser.choose(s, e)
+            return Plan(index, s, original, j, e)
+        rec = record_epochs(e, views)
+        chosen = [self.chooser.choose(s, int(r)) for r in rec]  # each record-epoch as the one-record path has it
+        original = np.stack([c[0] for c in chosen], axis=1).reshape(-1)
+        j = np.stack([c[1] for c in chosen], axis=1).reshape(-1)
+        return Plan(np.repeat(index, views), np.repeat(s, views), original, j, e, np.tile(rec, len(s)), views)
 
     # -- fetching --------------------------------------------------------------------------------------
     def _records(self, items, plan: Plan, samples: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -305,7 +355,7 @@ class ReplaySource:
         params, ids, probs = self.data.records(items, plan)
         if plan.original.any():
             o = np.flatnonzero(plan.original)
-            fresh = original_params(self.policy, self.chooser.seed, plan.store_index[o], plan.epoch,
+            fresh = original_params(self.policy, self.chooser.seed, plan.store_index[o], plan.epochs[o],
                                     [samples[b].image.height for b in o], [samples[b].image.width for b in o],
                                     self.data.num_samples)
             for name, v in fresh.items():  # every field, the mixing ones saying "no mix"
@@ -333,22 +383,31 @@ class ReplaySource:
             images[b] = image
         return images, inline
 
-    def fetch(self, items, epoch: int | None = None, aug=None):
-        """Everything a batch of items needs: ``(plan, samples, params, ids, probs, partner images, partner params)``."""
-        plan = self.plan(items, epoch, aug)
-        samples = self.data.samples(items, plan)
+    def fetch(self, items, epoch: int | None = None, aug=None, *, views: int = 1):
+        """Everything a batch of items needs: ``(plan, samples, params, ids, probs, partner images, partner params)``.
+
+        ``views=M``: ``B*M`` entries (see :meth:`plan`); each sample is decoded once, its entries share it.
+        """
+        plan = self.plan(items, epoch, aug, views=views)
+        if plan.views == 1:
+            samples = self.data.samples(items, plan)
+        else:
+            samples = [sample for sample in self.data.samples(items, plan.decoded()) for _ in range(plan.views)]
+            items = [item for item in items for _ in range(plan.views)]
         params, ids, probs = self._records(items, plan, samples)
         pimages, pparams = self._partners(plan, params)
         return plan, samples, params, ids, probs, pimages, pparams
 
     # -- items -----------------------------------------------------------------------------------------
-    def items(self, items, epoch: int | None = None, *, normalized: bool = True, aug=None
+    def items(self, items, epoch: int | None = None, *, normalized: bool = True, aug=None, views: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Replayed images ``[B, 3, S, S]`` (normalised float32, or uint8) and dense targets ``[B, C]``.
 
         ``aug``: replay the stored records ``(i, aug)`` exactly instead of choosing (no originals).
+        ``views=M > 1``: ``epoch`` is a pass; ``[B*M, ...]``, item ``b*M+k`` the record of record-epoch
+        ``epoch*M+k`` of item ``b``, replayed from one decode of its sample (see :meth:`plan`).
         """
-        plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch, aug)
+        plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch, aug, views=views)
         x = render(self.policy, [s.image for s in samples], params, pimages, pparams, normalized=normalized)
         targets = make_targets(ids, probs, plan.original, [s.label for s in samples], self.num_classes, self.densify)
         return x, targets
