@@ -307,3 +307,29 @@ def test_evaluation_transforms_still_receive_pil_images(tmp_path):
     image, _ = ds[0]
     assert isinstance(image, Image.Image) and image.mode == "RGB"
     assert type(ds.adapter.load(0).image) is RGBArray
+
+
+def test_datasets_rows_decode_by_the_fast_path_and_replay_the_same_items(tmp_path, monkeypatch, calls):
+    import datasets
+
+    from fakes.replay_store import write_replay_store
+    from fakes.torchvision_data import make_food101
+    from imagenet_plus.adapters import create_adapter
+    from imagenet_plus.datasets import ReinforcedDataset
+    from imagenet_plus.hf import create_transform, export_parquet
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    make_food101(tmp_path / "food", 3, 2, 1)
+    adapter = create_adapter("food101", tmp_path / "food", "train")
+    write_replay_store(tmp_path / "store", adapter, create_policy("rrc+ra/re", output_size=32), num_augmentations=2)
+    export_parquet(tmp_path / "store", tmp_path / "store", base=adapter, images=True)
+    rows = datasets.load_dataset(str(tmp_path / "store"), split="train")
+    jpegs = sum(adapter.read(i)[:2] == b"\xff\xd8" for i in range(len(rows)))
+    t = create_transform(tmp_path / "store", seed=2, p_original=0.0)
+    x, y = t.items([rows[i] for i in range(len(rows))])
+    assert jpegs > 0 and calls["n"] >= jpegs  # the rows' JPEG bytes went through the fast decoder
+    imageio.set_jpeg_decoder("pil")
+    rd = ReinforcedDataset(adapter, tmp_path / "store", seed=2, p_original=0.0)
+    for i in range(len(rows)):
+        rx, ry = rd[i]
+        assert torch.equal(x[i], rx) and torch.equal(y[i], ry), i
