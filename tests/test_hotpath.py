@@ -16,6 +16,7 @@ from imagenet_plus import imageio
 from imagenet_plus.augment import create_policy
 from imagenet_plus.augment import ops as O
 from imagenet_plus.errors import ArgumentError, ImageDecodeError
+from imagenet_plus.identity import fingerprint
 from imagenet_plus.imageio import RGBArray, decode_bytes, decode_rgb, image_size
 
 
@@ -81,6 +82,7 @@ def test_colour_jpegs_of_real_photos_decode_fast_and_exactly_as_pil(kw, calls):
         assert type(got) is RGBArray and got.flags.c_contiguous and got.flags.writeable
         np.testing.assert_array_equal(got, _pil_pixels(data))
         assert (got.height, got.width, got.mode) == (*_pil_pixels(data).shape[:2], "RGB") == (*image_size(got), "RGB")
+        assert np.array_equal(fingerprint(got), fingerprint(decode_bytes(data)))  # check="resized" sees the same
     assert calls["n"] == len(PHOTOS) and imageio.jpeg_decoder() == "simplejpeg"
 
 
