@@ -213,8 +213,8 @@ def _equalize(images: torch.Tensor) -> torch.Tensor:
     Same integer steps as torchvision (PIL's scheme): histogram, cumulative histogram,
     ``step = (pixels - count of the largest value) // 255``, table
     ``lut[k] = clamp((cum[k-1] + step // 2) // step, 0, 255)`` and ``lut[0] = 0``; channels
-    with ``step == 0`` stay as they are. All integer, so exact. PIL's C routines count the
-    histogram and apply the table (each channel viewed as an 8-bit image, no copy in).
+    with ``step == 0`` stay as they are. All integer, so exact. PIL's C routine counts the
+    histogram (each channel viewed as an 8-bit image, no copy in); numpy applies the table.
     """
     x = np.ascontiguousarray(images.numpy())
     b, c, h, w = x.shape
@@ -229,9 +229,9 @@ def _equalize(images: torch.Tensor) -> torch.Tensor:
         if step == 0:
             out[k] = planes[k]
             continue
-        lut = np.zeros(256, np.int64)
+        lut = np.zeros(256, np.uint8)
         lut[1:] = np.clip((cum[:-1] + step // 2) // step, 0, 255)
-        out[k] = np.frombuffer(plane.point(lut.tolist()).tobytes(), dtype=np.uint8)
+        np.take(lut, planes[k], out=out[k])
     return torch.from_numpy(out).view(b, c, h, w)
 
 
