@@ -49,6 +49,7 @@ from .device_decode import DECODE_MODES, collate_device_items, encodes
 from .errors import AlignmentError, ArgumentError, ReinforcementError
 from .hub import open_reinforcements
 from .identity import CHECK_MODES, IdentityChecker
+from .imageio import to_rgb_image
 from .replay import DENSIFY_MODES, SAMPLINGS, Chooser, ReplaySource, StoreRecords, draw_seed, record_epochs
 
 __all__ = ["ReinforcedDataset", "ShuffleBuffer", "ImageNetPlus", "CIFAR100Plus", "Flowers102Plus", "Food101Plus",
@@ -520,7 +521,7 @@ class _PlusDataset(VisionDataset):
         if self.reinforced is not None:
             return self.reinforced[idx]
         sample = self.adapter.load(idx)
-        image = self.transform(sample.image)
+        image = self.transform(to_rgb_image(sample.image))  # evaluation transforms take PIL images
         label = sample.label if self.target_transform is None else self.target_transform(sample.label)
         return image, label
 

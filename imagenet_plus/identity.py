@@ -83,8 +83,11 @@ def digest_array(pixels: np.ndarray) -> np.ndarray:
     return np.frombuffer(h.digest()[:8], dtype=np.uint8).copy()
 
 
-def fingerprint(image: Image.Image) -> np.ndarray:
-    """An 8x8 luma thumbnail (``uint8[64]``) of an RGB image: luma (ITU-R 601), then area averaging."""
+def fingerprint(image) -> np.ndarray:
+    """An 8x8 luma thumbnail (``uint8[64]``) of an RGB image (PIL, or an ``RGBArray`` / ``uint8[H, W, 3]``
+    array): luma (ITU-R 601), then area averaging (PIL's, on either type)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     return np.asarray(image.convert("L").resize((_SIDE, _SIDE), Image.BOX), dtype=np.uint8).reshape(-1).copy()
 
 

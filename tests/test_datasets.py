@@ -30,6 +30,7 @@ from imagenet_plus.augment import create_policy
 from imagenet_plus.adapters import adapt
 from imagenet_plus.builder import build_reinforcements
 from imagenet_plus.datasets import CIFAR100Plus, Flowers102Plus, Food101Plus, ImageNetPlus, ReinforcedDataset
+from imagenet_plus.imageio import image_size
 from imagenet_plus.replay import _STREAM_ORIGINAL, original_params
 from imagenet_plus.schema import PROB_CODE_SCALE
 from imagenet_plus.targets import SoftTargetCrossEntropy
@@ -335,7 +336,7 @@ def test_originals_are_erased_when_the_policy_always_erases(erasing_case):
     cpu = ReinforcedDataset(case.base(), case.store, p_original=1.0, seed=4, transform=_identity)
     dev = _device_path(ReinforcedDataset(case.base(), case.store, p_original=1.0, seed=4))
     for d in range(len(cpu)):
-        h, w = load_sample(case.base(), d)[0].size[::-1]
+        h, w = image_size(load_sample(case.base(), d)[0])
         params = {k: v[0] for k, v in original_params(case.policy, 4, [_store_index(cpu, d)], 0, [h], [w],
                                                         len(cpu)).items()}
         top, left, h, w = (int(v) for v in params["erase"])

@@ -11,7 +11,8 @@ package, in one place:
 * every sample's ``key`` (a stable name: a relative path, or ``"{split}/{index}"``) and
   ``label``, read from the dataset's metadata without decoding images;
 * how to read a sample's source (:meth:`read`: the file's bytes, or the raw pixel array) and
-  decode it the package's documented way (:func:`imagenet_plus.imageio.decode_bytes`).
+  decode it the package's documented way (:func:`imagenet_plus.imageio.decode_rgb`: the pixels of
+  :func:`~imagenet_plus.imageio.decode_bytes`, common JPEGs decoded straight to an array).
 
 :meth:`DatasetAdapter.load` returns the decoded RGB image, the label and the sample's digest
 (:mod:`imagenet_plus.identity`), the one path by which the builder, the replay, the CLI and the
@@ -43,16 +44,21 @@ from PIL import Image
 
 from ..errors import AlignmentError, ImageDecodeError
 from ..identity import digest_array, digest_bytes
-from ..imageio import decode_bytes, to_rgb_image
+from ..imageio import RGBArray, decode_rgb, to_rgb_image
 from ..registry import bind_adapter
 
 __all__ = ["LoadedSample", "DatasetAdapter", "FileAdapter", "ArrayAdapter", "KeyedAdapter", "relative_key"]
 
 
 class LoadedSample(NamedTuple):
-    """A decoded sample: RGB image, label, digest (``uint8[8]``) and source file (``None`` for arrays)."""
+    """A decoded sample: RGB image, label, digest (``uint8[8]``) and source file (``None`` for arrays).
 
-    image: Image.Image
+    ``image`` is an :class:`~imagenet_plus.imageio.RGBArray` for file-backed samples (``uint8[H, W, 3]``
+    with ``height``/``width``; :func:`~imagenet_plus.imageio.to_rgb_image` makes it a PIL image) and a
+    PIL image otherwise; :func:`~imagenet_plus.imageio.image_size` and ``Policy.crop`` take both.
+    """
+
+    image: RGBArray | Image.Image
     label: int
     digest: np.ndarray
     path: str | None
@@ -210,9 +216,10 @@ class FileAdapter(DatasetAdapter):
                                    "it from the original dataset") from e
 
     def load(self, i: int) -> LoadedSample:
+        """Decode sample ``i``'s file to an :class:`~imagenet_plus.imageio.RGBArray` (:func:`~imagenet_plus.imageio.decode_rgb`)."""
         data = self.read(i)
         path = self.path(i)
-        return LoadedSample(decode_bytes(data, lambda: self.describe(i)), self.label(i), digest_bytes(data), path)
+        return LoadedSample(decode_rgb(data, lambda: self.describe(i)), self.label(i), digest_bytes(data), path)
 
 
 class ArrayAdapter(DatasetAdapter):

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from ..errors import PolicyError
+from ..imageio import RGBArray
 from ._device import cached_upload, upload
 from .config import resolve_config
 from .stages import Batch, Mixing, Records, Stage, create_stages, host, pack_slots
@@ -208,14 +209,18 @@ class Policy:
         """The geometric stage: crop, resize and flip the decoded source image.
 
         Args:
-            image: a PIL image (any mode :func:`imagenet_plus.imageio.to_rgb_image`
+            image: an :class:`~imagenet_plus.imageio.RGBArray` (what ``FileAdapter.load`` decodes; read
+                through a view, not copied), a PIL image (any mode :func:`imagenet_plus.imageio.to_rgb_image`
                 converts) or a uint8 tensor ``[3, H, W]``.
             params: one record's params.
 
         Returns:
             uint8 ``[3, S, S]``.
         """
-        if isinstance(image, torch.Tensor):
+        if isinstance(image, RGBArray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+            # a [3, H, W] view of the [H, W, 3] pixels (no copy: decode_rgb's arrays are contiguous)
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        elif isinstance(image, torch.Tensor):
             if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
                 raise PolicyError(f"Policy.crop: tensor images must be uint8 [3, H, W], got {image.dtype} "
                                   f"{tuple(image.shape)}; convert with imagenet_plus.imageio.to_tensor")

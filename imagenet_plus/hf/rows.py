@@ -178,7 +178,7 @@ class RowRecords:
         return _Sample(self._image(row, i), int(self._labels[i]))
 
     def _image(self, row: Mapping[str, Any], i: int):
-        from ..imageio import decode_bytes, to_rgb_image
+        from ..imageio import decode_rgb, to_rgb_image
 
         cell = row.get("image")
         if cell is None:
@@ -194,7 +194,7 @@ class RowRecords:
                                  f"but its image is {what}; keep the export's undecoded image column "
                                  "(datasets.Image(decode=False)) with file bytes, or pass check='resized'")
         where = lambda: self._where(row, i)  # noqa: E731
-        image = decode_bytes(data, where) if data is not None else to_rgb_image(cell)
+        image = decode_rgb(data, where) if data is not None else to_rgb_image(cell)
         # the bytes' digest also lets check="resized" skip the thumbnail of bytes it has already checked
         self._checkers[mode].check(i, image, digest_bytes(data) if data is not None else None, where)
         return image
