@@ -65,10 +65,10 @@ def test_store_access_tiny():
 def test_replay_throughput_tiny():
     out = _run("replay_throughput.py", "--images", "6", "--augs", "2", "--seconds", "0.3", "--rounds", "2")
     assert out["benchmark"] == "replay_throughput" and out["threads"] == 1 and out["decoder"] == "simplejpeg"
-    for key in ("dataset_batch", "dataset_batch_pil", "dataset_batch_torchvision_io", "dataset_item",
+    for key in ("dataset_batch", "dataset_batch_m4", "dataset_batch_pil", "dataset_batch_torchvision_io", "dataset_item",
                 "torchvision_pil", "torchvision_fastest", "decode_pil", "decode_simplejpeg", "decode_torchvision_io"):
         assert out["items_per_s"][key] > 0, key
-    for path in ("dataset_batch", "dataset_item"):
+    for path in ("dataset_batch", "dataset_batch_m4", "dataset_item"):
         r = out["ratios"][path]
         assert r["vs_torchvision_pil"] == pytest.approx(
             out["items_per_s"][path] / out["items_per_s"]["torchvision_pil"], rel=2e-3)
