@@ -52,7 +52,7 @@ def _kernel_dict(m) -> dict[str, Any]:
     if built is None:
         note = "not recorded (a store built before it was); replay here uses " + repr(here)
     else:
-        note = kernel_mismatch(m) or "same family here: replay is bit-exact"
+        note = kernel_mismatch(m) or "the same resize kernel here: CPU replay is bit-exact"
     return {"build": built, "here": here, "note": note}
 
 
@@ -63,7 +63,7 @@ def _kernel_row(k: dict[str, Any]) -> tuple[str, str]:
     head = f"{built['family']} at build (torch CPU capability {built.get('cpu_capability', '?')}, " \
            f"{built.get('machine', '?')}), {k['here']} here"
     if built["family"] == k["here"]:
-        return "resize kernel", f"{head}: replay is bit-exact"
+        return "resize kernel", f"{head}: CPU replay is bit-exact"
     return "resize kernel", f"{head}: WARNING replayed pixels may differ by up to 1 grey level (see the warning " \
                             "on replay)"
 
