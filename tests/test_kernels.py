@@ -226,7 +226,7 @@ def test_a_store_of_another_kernel_warns_once_per_process(built, tmp_path):
         ReinforcedDataset(adapter, store, seed=1)  # another dataset over the same store
         create_transform(store, seed=0)  # the datasets transform: the same check
         loader = torch.utils.data.DataLoader(first, batch_size=8, num_workers=2)
-        assert sum(len(x) for x, _ in loader) == len(first)  # workers are copies: they do not warn again
+        assert sum(len(x) for x, _ in loader) == len(first)  # items in workers: the check runs at construction only
     messages = _kernel_warnings(got)
     assert len(messages) == 1, messages
     msg = messages[0]
