@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 #: The benchmark scripts, in the order they run.
 BENCHMARKS = ("replay_throughput", "identity_cost", "construct_time", "store_size", "store_access", "build_throughput",
-              "training_cost", "mldr_import")
+              "training_cost", "mldr_import", "records_per_decode")
 #: Small sizes for scripts without a ``--quick`` flag of their own (``--quick`` is passed where ``--help`` lists it).
 QUICK_ARGS = {
     "replay_throughput": ["--images", "12", "--augs", "2", "--seconds", "1", "--rounds", "3"],

@@ -75,6 +75,22 @@ class EvalDataset(Dataset):
         return self.transform(image), label
 
 
+def in_memory(dataset, limit_bytes: int = 1 << 28):
+    """``dataset``'s items as one ``TensorDataset`` when its tensors fit in ``limit_bytes``, else ``None``.
+
+    For a deterministic dataset (the evaluation crops) that is read every epoch: decoded and
+    transformed once instead of once per epoch, the same tensors in the same order.
+    """
+    if len(dataset) == 0:
+        return None
+    x0, _ = dataset[0]
+    if not isinstance(x0, torch.Tensor) or len(dataset) * x0.numel() * x0.element_size() > limit_bytes:
+        return None
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.utils.data.TensorDataset(torch.stack([x for x, _ in items]),
+                                          torch.tensor([int(y) for _, y in items], dtype=torch.int64))
+
+
 class RandomAugmentDataset(Dataset):
     """The ordinary baseline: the policy's random augmentation drawn afresh per ``(sample, epoch)``, hard labels.
 

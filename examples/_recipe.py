@@ -24,6 +24,10 @@ Keys (see :data:`DEFAULTS` for the defaults)::
     policy              erm/kd augmentation: a preset name or config dict (null: the store's)
     eval.resize/crop    evaluation transform: resize the shorter side, centre crop
     reinforcements      plus: the store (folder or Hub id); num_augmentations, p_original
+    records_per_decode  plus: M records of a sample replayed from one decode; epochs then run as
+                        epochs / M passes of M records per sample (same records and steps as M=1)
+    view_buffer         plus: 0 keeps a sample's M views in one batch (FKD); N > 0 spreads them
+                        through a shuffle buffer of N items per rank (imagenet_plus.ShuffleBuffer)
     teacher.models      kd: timm names of the online teacher (an ensemble when several),
     teacher.checkpoints     their safetensors weights, pretrained, input_size
     model.name          student: timm name or "cnn:WIDTHxDEPTH"; model.kwargs to timm;
@@ -71,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "reinforcements": None,
     "num_augmentations": None,
     "p_original": 0.01,
+    "records_per_decode": 1,
+    "view_buffer": 0,
     "teacher": {"models": [], "checkpoints": [], "pretrained": True, "input_size": None},
     "model": {"name": None, "pretrained": False, "checkpoint": None, "kwargs": {}},
     "epochs": 1,
@@ -169,8 +175,8 @@ def _check(recipe: dict, where: str) -> dict:
                 _check_leaf(where, key, v, d)
 
     walk(recipe, DEFAULTS, "")
-    for key in ("epochs", "batch_size", "workers", "seed"):
-        low = 0 if key in ("workers", "seed") else 1
+    for key in ("epochs", "batch_size", "workers", "seed", "records_per_decode", "view_buffer"):
+        low = 0 if key in ("workers", "seed", "view_buffer") else 1
         if recipe[key] < low:
             raise _fail(where, key, recipe[key], f"an integer >= {low}")
     if recipe["data"]["repeats"] < 1:

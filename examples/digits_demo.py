@@ -62,6 +62,18 @@ TEACHER_RECIPE = HERE / "recipes" / "digits-teacher.yaml"
 ARMS = ("erm", "kd", "plus")
 ARM_LABELS = {"erm": "ERM (random aug., hard labels)", "kd": "KD (teacher online)",
               "plus": "Plus (digits-plus)"}
+
+
+def arms_of(args) -> tuple[str, ...]:
+    """The arms of a run: ERM, KD, Plus and (``--records-per-decode M`` > 1) Plus at M records per decode."""
+    m = args.records_per_decode
+    return ARMS + ((f"plus-m{m}",) if m > 1 else ())
+
+
+def arm_label(arm: str) -> str:
+    if arm.startswith("plus-m"):
+        return f"Plus, {arm[6:]} records per decode"
+    return ARM_LABELS[arm]
 # The ImageNet-C types that make sense for 8x8 digit scans upsampled to 32 px (see the docstring).
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "brightness", "contrast", "elastic_transform", "pixelate")
@@ -76,7 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-epochs", type=int, default=15, help="teacher training epochs (default 15)")
     p.add_argument("--teacher-samples", type=int, default=0,
                    help="teachers train on the first N training digits (default 0: all 1,433)")
-    p.add_argument("--epochs", type=int, default=30, help="student epochs, every arm (default 30)")
+    p.add_argument("--epochs", type=int, default=28,
+                   help="student epochs (records per sample), every arm (default 28, a multiple of 4)")
+    p.add_argument("--records-per-decode", type=int, default=4,
+                   help="M of the fourth arm, Plus with M records per decode at the same steps (default 4; "
+                        "1: no fourth arm)")
     p.add_argument("--seeds", type=int, default=3, help="student seeds per arm (default 3)")
     p.add_argument("--train-samples", type=int, default=500,
                    help="students train on the first N training digits (default 500); teachers see all 1,433")
@@ -93,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.train_samples = min(args.train_samples, 128)
         args.num_augmentations = args.num_augmentations or 4
         args.teacher_epochs, args.epochs, args.seeds = 2, 2, 1
+        args.records_per_decode = min(args.records_per_decode, 2)
         args.teacher_samples = args.teacher_samples or 512
     args.eval_samples = 128 if args.quick else None
     for name in ("teachers", "teacher_epochs", "epochs", "seeds", "train_samples", "threads"):
@@ -102,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--teacher-samples must be >= 0, got {args.teacher_samples}")
     if args.epochs < 2 or args.teacher_epochs < 2:
         p.error("--epochs and --teacher-epochs must be >= 2 (the recipes warm up for one epoch)")
+    if args.records_per_decode < 1 or args.epochs % args.records_per_decode:
+        p.error(f"--epochs {args.epochs} must be a multiple of --records-per-decode {args.records_per_decode} (>= 1): "
+                "the M arm makes epochs / M passes of M records per sample")
     return args
 
 
@@ -170,7 +190,9 @@ def build_store(args, members: list[dict], out: Path) -> tuple[Path, float]:
 
 def train_student(args, arm: str, seed: int, store: Path, members: list[dict], out: Path) -> dict:
     run = out / "students" / f"{arm}-s{seed}"
-    return _train(["--recipe", str(RECIPE), "--mode", arm, "--out", str(run), "--seed", str(seed),
+    mode, _, views = arm.partition("-m")  # plus-m4: mode plus, 4 records per decode
+    return _train(["--recipe", str(RECIPE), "--mode", mode, "--out", str(run), "--seed", str(seed),
+                   "--records-per-decode", views or "1",
                    "--epochs", str(args.epochs), "--workers", str(args.workers), "--reinforcements", str(store),
                    "--teacher", ",".join(m["name"] for m in members),
                    "--teacher-checkpoint", ",".join(m["checkpoint"] for m in members),
@@ -179,12 +201,16 @@ def train_student(args, arm: str, seed: int, store: Path, members: list[dict], o
 
 
 def _arm_results(runs: list[dict]) -> dict:
+    """Mean ± std over seeds; ``epoch_seconds`` per epoch of records (a pass of ``M`` records counts ``M``)."""
     finals = [r["final"]["test"] for r in runs]
     return {
         **{k: summarize([f[k] for f in finals]) for k in ("top1", "ece", "nll", "confidence")},
-        "epoch_seconds": summarize([r["median_epoch_seconds"] for r in runs]),
+        "epoch_seconds": summarize([r["median_epoch_seconds"] / r["records_per_decode"] for r in runs]),
+        "train_seconds": summarize([r["train_seconds"] for r in runs]),
+        "steps": int(runs[0]["global_step"]),
         "images_per_s": summarize([r["median_images_per_s"] for r in runs]),
-        "curves": {"top1": [[h["test"]["top1"] for h in r["history"]] for r in runs],
+        "curves": {"epoch": [[h["epoch"] for h in r["history"]] for r in runs],
+                   "top1": [[h["test"]["top1"] for h in r["history"]] for r in runs],
                    "epoch_seconds": [[h["epoch_seconds"] for h in r["history"]] for r in runs],
                    "train_loss": [[h["train_loss"] for h in r["history"]] for r in runs]},
     }
@@ -203,7 +229,7 @@ def main(argv=None) -> dict:
         shutil.rmtree(out / own, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     log(f"digits: students train on {args.train_samples} of the 1,433 training digits, {args.epochs} epochs x "
-        f"{args.seeds} seed(s) per arm ({', '.join(ARMS)}); teachers on all of them")
+        f"{args.seeds} seed(s) per arm ({', '.join(arms_of(args))}); teachers on all of them")
     members = train_teachers(args, out)
     policy = create_policy(train_script.load_recipe(RECIPE, "plus")["policy"])
     teacher_ens = ensemble_metrics(members, policy)
@@ -214,9 +240,10 @@ def main(argv=None) -> dict:
     log(f"built {store}: NS={manifest.num_augmentations}, K={manifest.topk}, "
         f"{sum(s.bytes for s in manifest.shards):,} shard bytes in {build_seconds:.0f} s")
 
-    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    arms = arms_of(args)
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     for seed in range(args.seeds):
-        for arm in ARMS:
+        for arm in arms:
             res = train_student(args, arm, seed, store, members, out)
             final = res["final"]["test"]
             log(f"student {arm:4s} seed {seed}: top-1 {final['top1']:.2f}% ECE {final['ece']:.2f}% "
@@ -230,10 +257,10 @@ def main(argv=None) -> dict:
         "teachers": {"members": members, "ensemble": teacher_ens},
         "build": {"store": str(store), "seconds": build_seconds,
                   "shard_bytes": sum(s.bytes for s in manifest.shards)},
-        "arms": {arm: _arm_results(runs[arm]) for arm in ARMS},
+        "arms": {arm: _arm_results(runs[arm]) for arm in arms},
     }
     erm_epoch = results["arms"]["erm"]["epoch_seconds"]["mean"]
-    for arm in ARMS:
+    for arm in arms:
         results["arms"][arm]["epoch_vs_erm"] = results["arms"][arm]["epoch_seconds"]["mean"] / erm_epoch
     print_table(results)
     results["evaluation"] = evaluate_students(args, out)
@@ -255,14 +282,14 @@ def evaluate_students(args, out: Path) -> dict:
     torch.set_num_threads(max(args.threads, min(2, os.cpu_count() or 1)))  # no loader workers compete now
     try:
         runs = [evaluate.load_run(arm, out / "students" / f"{arm}-s{seed}")
-                for arm in ARMS for seed in range(args.seeds)]
+                for arm in arms_of(args) for seed in range(args.seeds)]
         opts = evaluate.Options(corruptions=tuple(args.corruptions), table="cifar", seed=0, samples=args.eval_samples,
                                 batch_size=512, workers=0)
         results = evaluate.evaluate_runs(runs, opts)
         summary = evaluate.summarize_labels(results, "erm")
         log(f"\nevaluation ({results['settings']['samples']} test digits; corrupted: {len(args.corruptions)} types x "
             f"severities 1-5, CIFAR-10-C parameters; mCE relative to ERM, the mean of its seeds):")
-        evaluate.write_report(results, summary, out / "evaluation", {a: f"student, {ARM_LABELS[a]}" for a in ARMS})
+        evaluate.write_report(results, summary, out / "evaluation", {a: f"student, {arm_label(a)}" for a in arms_of(args)})
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
@@ -270,7 +297,7 @@ def evaluate_students(args, out: Path) -> dict:
         "robustness.png)")
     keep = ("top1", "ece", "nll", "confidence", "corruption_top1", "mce", "relative_mce", "per_type", "per_severity")
     return {"seconds": seconds, "corruptions": list(args.corruptions), "table": "cifar",
-            "arms": {a: {k: v for k, v in summary[a].items() if k in keep} for a in ARMS}}
+            "arms": {a: {k: v for k, v in summary[a].items() if k in keep} for a in arms_of(args)}}
 
 
 def print_table(results: dict) -> None:
@@ -280,13 +307,13 @@ def print_table(results: dict) -> None:
 
     t = results["teachers"]["ensemble"]
     rows = [("teacher ensemble", f"{t['top1']:.2f}", f"{t['ece']:.2f}", f"{t['nll']:.4f}", f"{t['confidence']:.2f}",
-             "-", "-")]
-    for arm in ARMS:
+             "-", "-", "-")]
+    for arm in results["arms"]:
         a = results["arms"][arm]
-        rows.append((f"student, {ARM_LABELS[arm]}", cell(a["top1"], ".2f"), cell(a["ece"], ".2f"),
-                     cell(a["nll"], ".4f"), cell(a["confidence"], ".2f"), cell(a["epoch_seconds"], ".2f"),
-                     f"{a['epoch_vs_erm']:.2f}x"))
-    head = ("", "top-1 (%)", "ECE-15 (%)", "NLL", "confidence (%)", "epoch (s)", "vs ERM")
+        rows.append((f"student, {arm_label(arm)}", cell(a["top1"], ".2f"), cell(a["ece"], ".2f"),
+                     cell(a["nll"], ".4f"), cell(a["confidence"], ".2f"), f"{a['steps']}",
+                     cell(a["epoch_seconds"], ".2f"), f"{a['epoch_vs_erm']:.2f}x"))
+    head = ("", "top-1 (%)", "ECE-15 (%)", "NLL", "confidence (%)", "steps", "epoch (s)", "vs ERM")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     line = lambda r: "  ".join(v.ljust(widths[i]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(r))  # noqa
     print(line(head))
@@ -304,16 +331,16 @@ def plot_arms(results: dict, path: Path) -> None:
 
     s = results["settings"]
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for arm in ARMS:
+    for arm in results["arms"]:
         c = results["arms"][arm]["curves"]
         acc = np.asarray(c["top1"], dtype=np.float64)
         secs = np.cumsum(np.asarray(c["epoch_seconds"], dtype=np.float64), axis=1).mean(0)
         mean, std = acc.mean(0), acc.std(0)
-        epochs = np.arange(1, acc.shape[1] + 1)
-        label = f"{ARM_LABELS[arm]} (final {mean[-1]:.2f})"
+        epochs = np.asarray(c["epoch"][0])  # records per sample so far (a pass of M records: M epochs)
+        label = f"{arm_label(arm)} (final {mean[-1]:.2f})"
         by_epoch.plot(epochs, mean, marker="o", ms=2.5, label=label)
         by_epoch.fill_between(epochs, mean - std, mean + std, alpha=0.2)
-        by_time.plot(secs, mean, marker="o", ms=2.5, label=f"{ARM_LABELS[arm]} ({secs[-1]:.0f} s)")
+        by_time.plot(secs, mean, marker="o", ms=2.5, label=f"{arm_label(arm)} ({secs[-1]:.0f} s)")
     by_epoch.set_xlabel("epoch")
     by_time.set_xlabel("training seconds (mean over seeds)")
     for ax in (by_epoch, by_time):

@@ -31,6 +31,8 @@ per corruption type) and ``OUT/reliability.png``; prints the table.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import math
 import re
@@ -52,7 +54,7 @@ from _corruptions import CORRUPTIONS, SEVERITIES, TABLES, corrupt, table_for_siz
 from _data import create_base, load_image, subset_first  # noqa: E402
 from _train import create_model  # noqa: E402
 
-from imagenet_plus._files import atomic_write_text  # noqa: E402
+from imagenet_plus import atomic_write_text  # noqa: E402
 from imagenet_plus.errors import ArgumentError  # noqa: E402
 
 __all__ = ["main", "parse_args", "load_run", "calibration", "mean_corruption_error", "shifted_set",
@@ -322,12 +324,22 @@ def mean_corruption_error(errors: dict, clean_error: float, base_errors: dict, b
 
 
 # ----------------------------------------------------------------------------- the passes
+def channels_last_runs(runs: list[Run]) -> list[Run]:
+    """Copies of ``runs`` whose models use the channels-last memory format (about 2x faster convolutions on
+    the CPU). Only the order of float sums changes; the clean pass keeps ``examples/train.py``'s own layout
+    so its figures equal the training run's to the last digit."""
+    return [dataclasses.replace(r, model=copy.deepcopy(r.model).to(memory_format=torch.channels_last))
+            for r in runs]
+
+
 @torch.no_grad()
-def _pass(runs: list[Run], loader, device: torch.device, indices: list[int] | None = None) -> list[dict]:
+def _pass(runs: list[Run], loader, device: torch.device, indices: list[int] | None = None, *,
+          channels_last: bool = False) -> list[dict]:
     """Per-sample statistics of every run over one loader: confidence, correct, log p(label), top-5 hit.
 
     Inputs are normalised as ``examples/train.py``'s evaluation does (``to_dtype(scale=True)``, then
     ``normalize``), in float32. With ``indices`` the logits are those classes' only (ImageNet-R/A).
+    ``channels_last``: the inputs are passed in the channels-last layout (for :func:`channels_last_runs`).
     """
     from torchvision.transforms.v2 import functional as TF
 
@@ -335,6 +347,8 @@ def _pass(runs: list[Run], loader, device: torch.device, indices: list[int] | No
     idx = None if indices is None else torch.tensor(indices, dtype=torch.int64, device=device)
     for x, y in loader:
         x = TF.to_dtype(x.to(device), torch.float32, scale=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(device)
         for run, st in zip(runs, stats):
             logits = run.model(TF.normalize(x, list(run.mean), list(run.std))).float()
@@ -396,10 +410,11 @@ def evaluate_runs(runs: list[Run], opts: Options) -> dict:
     for o, st in zip(out, _pass(runs, loader(CropImages(base, ev["resize"], ev["crop"], cache=cache)), device)):
         o["clean"], o["calibration"], o["_clean_stats"] = _summary(st), calibration(st["conf"], st["correct"]), st
     log(f"clean: {len(clean)} images, " + ", ".join(f"{o['label']} {o['clean']['top1']:.2f}%" for o in out))
+    fast = channels_last_runs(runs)  # every later pass: many images, the layout that convolves fastest
     for name in opts.corruptions:
         for severity in SEVERITIES:
             ds = CropImages(base, ev["resize"], ev["crop"], (name, severity, opts.seed, table), cache=cache)
-            for o, st in zip(out, _pass(runs, loader(ds), device)):
+            for o, st in zip(out, _pass(fast, loader(ds), device, channels_last=True)):
                 o["corruptions"].setdefault(name, []).append(100.0 * float(np.mean(st["correct"])))
         log(f"{name}: " + ", ".join(f"{o['label']} {np.mean(o['corruptions'][name]):.2f}%" for o in out))
     for o in out:
@@ -408,7 +423,7 @@ def evaluate_runs(runs: list[Run], opts: Options) -> dict:
     for kind, folder in opts.shifted.items():
         samples, indices = shifted_set(kind, folder, _class_wnids(base))
         ds = CropImages(samples, ev["resize"], ev["crop"])
-        for o, st in zip(out, _pass(runs, loader(ds), device, indices)):
+        for o, st in zip(out, _pass(fast, loader(ds), device, indices, channels_last=True)):
             o["shifted"][kind] = _summary(st)
         log(f"{kind}: {len(samples)} images, " + ", ".join(f"{o['label']} {o['shifted'][kind]['top1']:.2f}%"
                                                           for o in out))

@@ -18,6 +18,19 @@ the paper's per-mode values, e.g. KD's weight decay):
   ``data.device: cuda`` the workers only crop and the GPU finishes each batch
   (:class:`imagenet_plus.DeviceReplay`).
 
+Several records per decode (mode ``plus``, ``--records-per-decode M``): each sample is decoded
+once and ``M`` of its stored records replayed from it (``ReinforcedDataset(records_per_decode=M)``).
+``epochs`` keeps its meaning, the records each sample contributes: the run makes ``epochs / M``
+passes, each serving ``M`` records per sample, with ``batch_size`` still the items per optimiser
+step (``batch_size / M`` samples per loader batch), so an ``M`` run takes the same number of
+optimiser steps (``M`` times the ``M=1`` loader's full batches per pass; the views left over at the end
+of a pass go unused, as ``M=1`` drops its last partial batch) on the same learning-rate schedule as the
+``M=1`` run of the same recipe: compare them with the same ``--epochs`` (a multiple of ``M``).
+Evaluation, checkpoints and log records come once per pass (record ``epoch`` = records per sample
+so far, ``pass``, ``global_step``). The views of a sample share a batch (FKD's way) unless
+``--view-buffer N`` re-batches them through a shuffle buffer of ``N`` items per rank
+(:class:`imagenet_plus.ShuffleBuffer`).
+
 The loss is the soft-target cross-entropy in every mode (for KD it differs from
 the KL divergence by the teacher's entropy, a constant: same gradients).
 
@@ -66,7 +79,7 @@ from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
 from _checkpoint import load_checkpoint, load_pretrained, save_checkpoint, save_weights  # noqa: E402
 from _dist import Dist  # noqa: E402
-from _data import (EvalDataset, RandomAugmentDataset, Repeat, create_base, create_teacher,  # noqa: E402
+from _data import (EvalDataset, RandomAugmentDataset, in_memory, Repeat, create_base, create_teacher,  # noqa: E402
                    denormalize_to_uint8, mix_batch, subset_first, uint8_identity)
 from _recipe import load_recipe, parse_override, recipe_digest  # noqa: E402
 from _train import classification_metrics, create_model, plot_run  # noqa: E402
@@ -81,7 +94,8 @@ _PLOT_EVERY_S = 30.0
 # Convenience flags: (flag, recipe key, type).
 _FLAGS = (("--data-root", "data.root", str), ("--reinforcements", "reinforcements", str),
           ("--epochs", "epochs", int), ("--batch-size", "batch_size", int), ("--lr", "optimizer.lr", float),
-          ("--workers", "workers", int), ("--seed", "seed", int), ("--model", "model.name", str))
+          ("--workers", "workers", int), ("--seed", "seed", int), ("--model", "model.name", str),
+          ("--records-per-decode", "records_per_decode", int), ("--view-buffer", "view_buffer", int))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -136,6 +150,14 @@ def _check_mode_keys(r: dict) -> None:
                             "its own policy: set mix under modes.erm / modes.kd")
     if mode == "plus" and not r["reinforcements"]:
         raise ArgumentError("mode plus needs the store: pass --reinforcements FOLDER (or --set reinforcements=...)")
+    views = r["records_per_decode"]
+    if mode != "plus" and (views != 1 or r["view_buffer"]):
+        raise ArgumentError(f"recipe keys records_per_decode={views} / view_buffer={r['view_buffer']} apply to mode "
+                            f"plus (replayed records); mode {mode} draws its augmentations: leave them at 1 / 0")
+    if r["epochs"] % views:
+        raise ArgumentError(f"epochs={r['epochs']} must be a multiple of records_per_decode={views}: the run makes "
+                            f"epochs / {views} passes of {views} records per sample; pass --epochs "
+                            f"{max(views, r['epochs'] // views * views)}")
 
 
 def resolve_run(recipe: dict) -> tuple[dict, list[str]]:
@@ -224,10 +246,12 @@ class Trainer:
         base = subset_first(create_base(data, data["train_split"]), data["train_samples"])
         self.num_classes = _num_classes(base)
         replay_device = self.device if data["device"] == "cuda" else "cpu"
+        self.views = r["records_per_decode"]
         if self.mode == "plus":
             ds = ReinforcedDataset(base, r["reinforcements"], num_augmentations=r["num_augmentations"],
                                    p_original=r["p_original"], seed=r["seed"], device=replay_device,
-                                   transform=None if data["device"] == "cuda" else uint8_identity)
+                                   transform=None if data["device"] == "cuda" else uint8_identity,
+                                   records_per_decode=self.views)
             if ds.num_classes != self.num_classes:
                 raise ArgumentError(f"the store {r['reinforcements']} has {ds.num_classes} classes, the dataset "
                                     f"{self.num_classes}; use reinforcements built for this dataset")
@@ -240,27 +264,52 @@ class Trainer:
             self.replay = DeviceReplay(self.policy, self.num_classes, device=self.device) \
                 if data["device"] == "cuda" else None
         self.train_set = ds if data["repeats"] == 1 else Repeat(ds, data["repeats"])
+        self._create_loader(r)
         world = self.dist.world
-        if r["batch_size"] % world:
-            raise ArgumentError(f"batch_size {r['batch_size']} is global and must divide by the {world} ranks")
-        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.dist.rank, shuffle=True,
-                                          seed=r["seed"], drop_last=False)
-        workers = r["workers"]
-        self.loader = DataLoader(self.train_set, batch_size=r["batch_size"] // world, sampler=self.sampler,
-                                 num_workers=workers, drop_last=True, pin_memory=self.cuda,
-                                 persistent_workers=workers > 0, worker_init_fn=_seed_worker,
-                                 generator=torch.Generator().manual_seed(r["seed"]))
-        if len(self.loader) == 0:
+        if self.steps_per_pass == 0:
             raise ArgumentError(f"{len(self.train_set)} training samples over {world} rank(s) make no full batch "
                                 f"of {r['batch_size']}; lower batch_size or raise data.repeats")
+        workers = r["workers"]
         ev = r["eval"]
         transform = create_eval_transform(ev["crop"], ev["resize"], mean=self.policy.mean, std=self.policy.std)
         eval_base = subset_first(create_base(data, data["eval_split"]), data["eval_samples"])
         eval_set = torch.utils.data.Subset(EvalDataset(eval_base, transform),
                                            range(self.dist.rank, len(eval_base), world))
-        self.eval_loader = DataLoader(eval_set, batch_size=ev["batch_size"], num_workers=min(workers, 4),
-                                      pin_memory=self.cuda)
+        cached = in_memory(eval_set)  # a small eval set is decoded once, not once per epoch
+        self.eval_loader = DataLoader(eval_set if cached is None else cached, batch_size=ev["batch_size"],
+                                      num_workers=min(workers, 4) if cached is None else 0, pin_memory=self.cuda)
         self.teacher = create_teacher(r["teacher"], self.num_classes, self.device) if self.mode == "kd" else None
+
+    def _create_loader(self, r: dict) -> None:
+        """The training loader (``batch_size / (world * M)`` samples, ``M`` views each) and, with ``view_buffer``,
+        the shuffle buffer that re-batches it; ``self.batches`` is what an epoch iterates."""
+        from imagenet_plus import ShuffleBuffer, collate_device_items
+
+        world, views = self.dist.world, self.views
+        if r["batch_size"] % (world * views):
+            raise ArgumentError(f"batch_size {r['batch_size']} is global and must divide by the {world} rank(s) times "
+                                f"records_per_decode={views} (each loader batch holds batch_size / {world * views} "
+                                "samples with their views)")
+        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.dist.rank, shuffle=True,
+                                          seed=r["seed"], drop_last=False)
+        workers, per_rank = r["workers"], r["batch_size"] // world
+        self.loader = DataLoader(self.train_set, batch_size=per_rank // views, sampler=self.sampler,
+                                 num_workers=workers, drop_last=True, pin_memory=self.cuda,
+                                 collate_fn=collate_device_items,  # device path: packs the files' bytes
+                                 persistent_workers=workers > 0, worker_init_fn=_seed_worker,
+                                 generator=torch.Generator().manual_seed(r["seed"]))
+        self.buffer = None
+        if r["view_buffer"]:
+            if r["view_buffer"] < per_rank:
+                raise ArgumentError(f"view_buffer={r['view_buffer']} must hold at least one batch of {per_rank} "
+                                    "items per rank; raise it (a few batches spread the views well) or set 0")
+            self.buffer = ShuffleBuffer(self.loader, per_rank, buffer_size=r["view_buffer"], seed=r["seed"],
+                                        drop_last=True)
+        self.batches = self.loader if self.buffer is None else self.buffer
+        self.passes = r["epochs"] // views
+        # M epochs' worth of steps: M * (the M=1 loader's full batches), so the M=1 and M runs take the same
+        # steps and items (the last, partial batches of a pass's views go unused, as M=1 drops its last batch)
+        self.steps_per_pass = views * (len(self.sampler) // per_rank)
 
     # ------------------------------------------------------------------ model
     def _create_model(self) -> None:
@@ -284,14 +333,16 @@ class Trainer:
             self.model, opt=o["name"], lr=o["lr"], weight_decay=o["weight_decay"], momentum=o["momentum"],
             filter_bias_and_bn=o["filter_bias_and_bn"], **o["kwargs"])
         s = r["scheduler"]
-        self.steps_per_epoch = len(self.loader)
-        self.total_steps = self.steps_per_epoch * r["epochs"]
+        self.steps_per_epoch = self.steps_per_pass  # per pass (= len(loader) for records_per_decode 1)
+        self.total_steps = self.steps_per_epoch * self.passes
         warm = s["warmup_epochs"]  # below epochs (resolve_run)
-        # warmup_prefix: warm up first, then decay over the remaining epochs (ml-dr's schedule)
+        # warmup_prefix: warm up first, then decay over the remaining epochs (ml-dr's schedule); in passes, a pass
+        # being M epochs' worth of steps, so an M run follows the M=1 run's schedule step for step
+        v = self.views
         self.scheduler, _ = timm.scheduler.create_scheduler_v2(
-            self.optimizer, sched=s["name"], num_epochs=r["epochs"] - warm, warmup_epochs=warm,
-            warmup_lr=s["warmup_lr"], min_lr=s["min_lr"], warmup_prefix=True, step_on_epochs=False,
-            updates_per_epoch=self.steps_per_epoch)
+            self.optimizer, sched=s["name"], num_epochs=(r["epochs"] - warm) / v if v > 1 else r["epochs"] - warm,
+            warmup_epochs=warm / v if v > 1 else warm, warmup_lr=s["warmup_lr"], min_lr=s["min_lr"],
+            warmup_prefix=True, step_on_epochs=False, updates_per_epoch=self.steps_per_epoch)
         self.ema = timm.utils.ModelEmaV3(self.model, decay=r["ema"]["decay"]) if r["ema"] else None
         self.net = self.model
         if self.dist.world > 1:
@@ -343,22 +394,25 @@ class Trainer:
         return loss.detach()
 
     def set_epoch(self, epoch: int) -> None:
+        """Set pass ``epoch`` (with records_per_decode M: record-epochs ``epoch*M .. epoch*M+M-1``)."""
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
+        if self.buffer is not None:
+            self.buffer.set_epoch(epoch)
 
     def train_epoch(self, epoch: int, *, train_step: bool = True) -> dict:
-        """One pass over the loader; returns loss, seconds, data-wait seconds and images/s.
+        """One pass over the loader (``epoch`` is the pass); returns loss, seconds, data-wait seconds and images/s.
 
         ``train_step=False`` only loads the data (the benchmarks' data-only timing).
         """
         self.set_epoch(epoch)
         self.model.train()
-        bar = _bar(self.steps_per_epoch, f"{self.mode} epoch {epoch + 1}/{self.r['epochs']}",
-                   self.progress and self.dist.main)
+        bar = _bar(self.steps_per_epoch, f"{self.mode} pass {epoch + 1}/{self.passes}" if self.views > 1 else
+                   f"{self.mode} epoch {epoch + 1}/{self.r['epochs']}", self.progress and self.dist.main)
         loss_sum = torch.zeros((), device=self.device)
         data_s, n = 0.0, 0
         t0 = time.perf_counter()
-        it = iter(self.loader)
+        it = iter(self.batches)
         for step in range(self.steps_per_epoch):
             t = time.perf_counter()
             batch = next(it)
@@ -511,11 +565,14 @@ def main(argv=None) -> dict:
     start = 0
     if resume_from is not None:
         meta = trainer.load(resume_from)
-        history, start = meta["history"], int(meta["epoch"])
-        _log({"event": "resume", "from_epoch": start, "checkpoint": str(resume_from)}, d)
+        history, done = meta["history"], int(meta["epoch"])
+        start = done // trainer.views  # passes done (meta "epoch" counts records per sample, as an M=1 epoch)
+        _log({"event": "resume", "from_epoch": done, "checkpoint": str(resume_from)}, d)
     else:
         _log({"event": "start", "mode": recipe["mode"], "out": str(out), "world_size": d.world,
               "device": str(d.device), "steps_per_epoch": trainer.steps_per_epoch, "epochs": recipe["epochs"],
+              "records_per_decode": trainer.views, "passes": trainer.passes, "total_steps": trainer.total_steps,
+              "view_buffer": recipe["view_buffer"],
               "train_samples": len(trainer.train_set), "policy": trainer.policy.name, "notes": notes,
               "fine_tuned_from": recipe["model"]["checkpoint"], "reinitialised": trainer.dropped}, d)
     _train(trainer, recipe, out, d, history, start)
@@ -525,17 +582,23 @@ def main(argv=None) -> dict:
 
 
 def _train(trainer: Trainer, recipe: dict, out: Path, d: Dist, history: list[dict], start: int) -> None:
-    """Epochs ``start..epochs-1``: train, evaluate, checkpoint, log and plot each (``history`` grows)."""
+    """Passes ``start..passes-1`` (epochs for records_per_decode 1): train, evaluate, checkpoint, log and plot each.
+
+    A record's ``epoch`` counts the records per sample so far (``(pass + 1) * M``), as an ``M=1`` run's epochs do.
+    """
     title = f"{recipe['model']['name']}, mode {recipe['mode']}"
     last_plot = time.perf_counter()
-    for epoch in range(start, recipe["epochs"]):
-        record = {"epoch": epoch + 1, "mode": recipe["mode"], **trainer.train_epoch(epoch), **trainer.evaluate()}
+    views = trainer.views
+    for p in range(start, trainer.passes):
+        record = {"epoch": (p + 1) * views, "mode": recipe["mode"], **trainer.train_epoch(p), **trainer.evaluate()}
+        if views > 1:
+            record.update({"pass": p + 1, "records_per_decode": views, "global_step": trainer.global_step})
         history.append(record)
         if d.main:
-            trainer.save(out / CHECKPOINT, {"epoch": epoch + 1, "global_step": trainer.global_step,
+            trainer.save(out / CHECKPOINT, {"epoch": (p + 1) * views, "global_step": trainer.global_step,
                                             "history": history})
             atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-            if time.perf_counter() - last_plot > _PLOT_EVERY_S or epoch + 1 == recipe["epochs"]:
+            if time.perf_counter() - last_plot > _PLOT_EVERY_S or p + 1 == trainer.passes:
                 plot_run(history, out / "plot.png", title=title)  # redrawn at most every 30 s (and at the end)
                 last_plot = time.perf_counter()
         _log(record, d)
@@ -545,11 +608,12 @@ def _train(trainer: Trainer, recipe: dict, out: Path, d: Dist, history: list[dic
 def _finish(trainer: Trainer, history: list[dict], out: Path, d: Dist) -> dict:
     last = history[-1] if history else {}
     measured = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
-    summary = {"mode": trainer.mode, "out": str(out), "epochs": len(history), "global_step": trainer.global_step,
+    summary = {"mode": trainer.mode, "out": str(out), "epochs": len(history) * trainer.views,
+               "passes": len(history), "records_per_decode": trainer.views, "global_step": trainer.global_step,
                "final": {k: last[k] for k in ("test", "test_ema") if k in last},
                "median_images_per_s": float(np.median(measured)) if measured else math.nan,
                "median_epoch_seconds": float(np.median([h["epoch_seconds"] for h in history])) if history
-               else math.nan, "history": history}
+               else math.nan, "train_seconds": float(sum(h["epoch_seconds"] for h in history)), "history": history}
     if d.main:
         save_weights(out / "model.safetensors", trainer.model, trainer.sidecar())
         if trainer.ema is not None:

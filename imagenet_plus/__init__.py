@@ -23,7 +23,8 @@ from ._lazy import lazy_names
 # The dataset wrappers (ImageNetPlus, ...) and the error classes come from their one table each.
 _LAZY = {
     "ReinforcedDataset": ".datasets", **{name: ".datasets" for name in _registry.wrappers()},
-    "DeviceReplay": ".replay", "Chooser": ".replay",
+    "ShuffleBuffer": ".datasets",
+    "DeviceReplay": ".replay", "Chooser": ".replay", "collate_device_items": ".device_decode",
     "DatasetAdapter": ".adapters", "FileAdapter": ".adapters", "ArrayAdapter": ".adapters", "Digits": ".adapters",
     "adapt": ".adapters", "create_adapter": ".adapters", "scan_copy": ".scan",
     "Policy": ".augment", "create_policy": ".augment", "create_eval_transform": ".augment",

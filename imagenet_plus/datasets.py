@@ -12,6 +12,14 @@ or batch size: call :meth:`ReinforcedDataset.set_epoch` before every epoch, as w
 ``DistributedSampler`` (the epoch lives in shared memory, so persistent DataLoader workers see it
 too). The DataLoader fetches whole batches through :meth:`ReinforcedDataset.__getitems__`.
 
+Several records per decode (``records_per_decode=M``, FKD's trick): each sample is decoded once
+and ``M`` of its stored records are replayed from that decode. ``set_epoch(e)`` then selects pass
+``e``, which serves for every sample the records of record-epochs ``e*M, ..., e*M+M-1``: view
+``k`` is bit for bit the item ``records_per_decode=1`` serves in epoch ``e*M+k``. A pass is ``M``
+epochs' worth of records. ``__getitems__`` of ``B`` indices returns ``B*M`` items, the views of a
+sample together (grouped, as FKD); :class:`ShuffleBuffer` re-batches a DataLoader's batches so the
+views of a sample spread over batches.
+
 Example:
     >>> train = ImageNetPlus("data/imagenet", split="train", reinforcements="runs/imagenet-plus")
     >>> loader = DataLoader(train, batch_size=256, shuffle=True, num_workers=8)
@@ -37,13 +45,15 @@ from ._checks import check_choice, check_device, check_int, check_probability
 from .adapters import (CIFAR100Adapter, DatasetAdapter, Flowers102Adapter, Food101Adapter, ImageNetAdapter,
                        SubsetAdapter, adapt)
 from .augment import create_eval_transform, create_policy
+from .device_decode import DECODE_MODES, collate_device_items, encodes
 from .errors import AlignmentError, ArgumentError, ReinforcementError
 from .hub import open_reinforcements
 from .identity import CHECK_MODES, IdentityChecker
 from .kernels import check_replay_kernel
-from .replay import DENSIFY_MODES, SAMPLINGS, Chooser, ReplaySource, StoreRecords, draw_seed
+from .replay import DENSIFY_MODES, SAMPLINGS, Chooser, ReplaySource, StoreRecords, draw_seed, record_epochs
 
-__all__ = ["ReinforcedDataset", "ImageNetPlus", "CIFAR100Plus", "Flowers102Plus", "Food101Plus", "open_reinforcements"]
+__all__ = ["ReinforcedDataset", "ShuffleBuffer", "ImageNetPlus", "CIFAR100Plus", "Flowers102Plus", "Food101Plus",
+           "open_reinforcements"]
 
 
 def _generic(name: str) -> bool:
@@ -176,29 +186,50 @@ class ReinforcedDataset(Dataset):
         densify: ``"smooth"`` (spread the tail mass over the other classes) or ``"none"``.
         sampling: ``"random"`` (an augmentation drawn per epoch) or ``"cycle"`` (each
             augmentation exactly once per ``num_augmentations`` epochs).
-        device: ``"cpu"`` to replay in the DataLoader workers; ``"cuda"`` to return crops and
-            sparse targets for :class:`~imagenet_plus.replay.DeviceReplay`.
+        device: ``"cpu"`` to replay in the DataLoader workers; ``"cuda"`` to return device-path
+            items (params and sparse targets, with file bytes or crops, see ``decode``) for
+            :class:`~imagenet_plus.replay.DeviceReplay`; collate them with :attr:`collate_fn`.
+        decode: where a dataset of image files is decoded on the device path: ``"device"`` (the
+            default with ``device="cuda"``): workers only read each file, check its digest and
+            identity and read its records; ``DeviceReplay`` decodes the batch (nvJPEG) and crops and
+            resizes on the GPU (:mod:`imagenet_plus.device_decode`); ``"workers"``: workers decode
+            and crop, the GPU finishes (bit-exact geometry). ``device="cpu"`` with
+            ``decode="device"`` makes the same byte items for a ``DeviceReplay`` on the CPU (equal to
+            the CPU path bit for bit). Array-backed datasets (CIFAR, digits) always crop in the workers.
         transform: replaces the normalisation: takes the replayed uint8 ``[3, S, S]`` tensor.
         target_transform: takes the float32 soft target ``[C]``.
         seed: seed of the per-epoch choices (default: drawn once, see ``self.seed``).
         check: ``"exact"`` (the file's bytes must be the build's) or ``"resized"`` (a resized or
             re-encoded copy: same picture, same aspect ratio); see :mod:`imagenet_plus.identity`.
+        records_per_decode: ``M >= 1`` records of a sample replayed from one decode (CPU path). With
+            ``M > 1`` an epoch is a pass: ``set_epoch(e)`` serves every sample's records of
+            record-epochs ``e*M .. e*M+M-1``, each bit for bit the item ``M=1`` serves in that epoch
+            (originals and ``cycle`` included); ``__getitems__`` of ``B`` indices returns ``B*M`` items
+            (sample-major: item ``b*M+k`` is view ``k`` of index ``b``), ``__getitem__`` the ``M`` views
+            stacked (``images [M, 3, S, S]``, ``targets [M, C]``); ``len`` stays the number of samples.
+            Default 1: one record per decode.
     """
 
     def __init__(self, base, reinforcements, *, num_augmentations: int | None = None, p_original: float = 0.01,
                  densify: str = "smooth", sampling: str = "random", device: str | torch.device = "cpu",
                  transform: Callable | None = None, target_transform: Callable | None = None,
-                 seed: int | None = None, check: str = "exact") -> None:
+                 seed: int | None = None, check: str = "exact", decode: str | None = None,
+                 records_per_decode: int = 1) -> None:
         check_choice(densify, "densify", DENSIFY_MODES)
         check_choice(sampling, "sampling", SAMPLINGS)
         check_choice(check, "check", CHECK_MODES)
         check_probability(p_original, "p_original")
         check_int(num_augmentations, "num_augmentations", low=1, optional=True)
+        self.records_per_decode = check_int(records_per_decode, "records_per_decode", low=1)
         self.device = check_device(device, f"device={str(device)!r}",
                                    "use device='cpu' (replay in the DataLoader workers)")
-        if self.device.type != "cpu" and (transform is not None or target_transform is not None):
+        self.decode = check_choice("device" if decode is None and self.device.type == "cuda" else decode or "workers",
+                                   "decode", DECODE_MODES)
+        self._check_views_device()
+        if (self.device.type != "cpu" or self.decode == "device") and (transform is not None or
+                                                                        target_transform is not None):
             raise ArgumentError(f"transform/target_transform apply to the CPU path; with device='{self.device}' "
-                                "DeviceReplay finishes the batch: apply them to its output")
+                                f"and decode={self.decode!r} DeviceReplay finishes the batch: apply them to its output")
         self.adapter = adapt(base)
         self.base = self.adapter.dataset
         self.transform, self.target_transform = transform, target_transform
@@ -234,17 +265,37 @@ class ReinforcedDataset(Dataset):
         return self.source.densify
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with the seed and the sample, picks each item's augmentation."""
+        """Set the epoch that, with the seed and the sample, picks each item's augmentation.
+
+        With ``records_per_decode=M > 1`` it is the pass: record-epochs ``epoch*M .. epoch*M+M-1``.
+        """
         self.chooser.set_epoch(epoch)
 
     @property
     def epoch(self) -> int:
+        """The current epoch (with ``records_per_decode > 1``: the pass)."""
         return self.chooser.epoch.get()
+
+    @property
+    def record_epochs(self) -> list[int]:
+        """The record-epochs the current pass serves: ``[epoch*M, ..., epoch*M+M-1]`` (``[epoch]`` for ``M=1``)."""
+        return [int(r) for r in record_epochs(self.epoch, self.records_per_decode)]
 
     def choose(self, index: int, epoch: int | None = None) -> tuple[bool, int]:
         """``(is_original, j)`` for dataset item ``index`` in ``epoch`` (default the current one)."""
+        if self.records_per_decode != 1:
+            raise ArgumentError(f"records_per_decode={self.records_per_decode}: an item has "
+                                f"{self.records_per_decode} records per pass; use choose_views(index, epoch)")
         plan = self.source.plan([self._index(index)], epoch)
         return bool(plan.original[0]), int(plan.aug[0])
+
+    def choose_views(self, index: int, epoch: int | None = None) -> list[tuple[int, bool, int]]:
+        """``[(record_epoch, is_original, j)]`` of the ``M`` views of item ``index`` in pass ``epoch``.
+
+        ``epoch`` defaults to the current one; with ``records_per_decode=1``: ``[(epoch, is_original, j)]``.
+        """
+        plan = self.source.plan([self._index(index)], epoch, views=self.records_per_decode)
+        return [(int(r), bool(o), int(j)) for r, o, j in zip(plan.epochs, plan.original, plan.aug)]
 
     # -- items -----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -259,20 +310,44 @@ class ReinforcedDataset(Dataset):
         return i if self._rows is None else int(self._rows[i])
 
     def __getitem__(self, index: int):
-        """Training item ``index``: ``(image, soft_target)`` on the CPU path, a dict on the device path."""
-        return self.__getitems__([index])[0]
+        """Training item ``index``: ``(image, soft_target)`` on the CPU path, a dict on the device path.
+
+        With ``records_per_decode=M > 1``: its ``M`` views stacked, ``(images [M, 3, S, S], targets [M, C])``
+        (lists where a ``transform`` returns no tensors).
+        """
+        items = self.__getitems__([index])
+        return items[0] if self.records_per_decode == 1 else _stack_views(items)
 
     def __getitems__(self, indices) -> list:
-        """A whole batch of items at once (the DataLoader calls this): one batched read and finish."""
+        """A whole batch of items at once (the DataLoader calls this): one batched read and finish.
+
+        ``records_per_decode=M``: ``len(indices) * M`` items, item ``b*M+k`` view ``k`` of ``indices[b]``.
+        """
         idx = [self._index(i) for i in indices]
-        if self.device.type != "cpu":
-            return self.source.device_items(idx)
-        x, targets = self.source.items(idx, normalized=self.transform is None)
+        if self.device.type != "cpu" or self.decode == "device":
+            self._check_views_device()
+            device_decode = self.decode == "device" and encodes(self.source.data)
+            return self.source.device_items(idx, decode="device" if device_decode else "workers")
+        x, targets = self.source.items(idx, normalized=self.transform is None, views=self.records_per_decode)
         if self.transform is not None:
             x = [self.transform(v) for v in x]
         if self.target_transform is not None:
-            return [(x[b], self.target_transform(targets[b])) for b in range(len(idx))]
-        return [(x[b], targets[b]) for b in range(len(idx))]
+            return [(x[b], self.target_transform(targets[b])) for b in range(len(targets))]
+        return [(x[b], targets[b]) for b in range(len(targets))]
+
+    def _check_views_device(self) -> None:
+        if self.records_per_decode != 1 and (self.device.type != "cpu" or self.decode == "device"):
+            raise ArgumentError(f"records_per_decode={self.records_per_decode} is a CPU-path option; with "
+                                f"device='{self.device}' and decode={self.decode!r} pass records_per_decode=1 "
+                                "(or device='cpu', decode='workers')")
+
+    @property
+    def collate_fn(self):
+        """The DataLoader ``collate_fn`` of this dataset's items (device path: variable-length file bytes packed
+        into one tensor, :func:`~imagenet_plus.device_decode.collate_device_items`; CPU path: ``default_collate``)."""
+        from torch.utils.data import default_collate
+
+        return collate_device_items if (self.device.type != "cpu" or self.decode == "device") else default_collate
 
     def create_device_replay(self, device: str | torch.device | None = None):
         """The :class:`~imagenet_plus.replay.DeviceReplay` that finishes this dataset's device-path batches."""
@@ -292,7 +367,123 @@ class ReinforcedDataset(Dataset):
                 f"store={str(self.store.root)!r} ({m.dataset}/{m.split}), num_augmentations="
                 f"{self.num_augmentations}, num_classes={self.num_classes}, policy={self.policy.name!r}, "
                 f"p_original={self.p_original}, densify={self.densify!r}, sampling={self.sampling!r}, "
-                f"device={str(self.device)!r}, check={self.check!r}, seed={self.seed})")
+                f"device={str(self.device)!r}, decode={self.decode!r}, check={self.check!r}, seed={self.seed}"
+                f"{f', records_per_decode={self.records_per_decode}' if self.records_per_decode != 1 else ''})")
+
+
+def _stack_views(items: list) -> tuple:
+    """The ``M`` views of one item as ``(images [M, ...], targets [M, ...])`` (lists where they are not tensors)."""
+    xs, ys = [x for x, _ in items], [y for _, y in items]
+    return tuple(torch.stack(v) if all(isinstance(t, torch.Tensor) for t in v) else v for v in (xs, ys))
+
+
+_SHUFFLE_STREAM = 0x56494557  # seed stream of ShuffleBuffer's draws
+
+
+class ShuffleBuffer:
+    """Re-batch a DataLoader's batches through a shuffle buffer, so the views of a sample spread over batches.
+
+    With ``records_per_decode=M`` a DataLoader batch holds the ``M`` views of each of its samples
+    together (grouped, as FKD). Iterating this object instead yields batches of ``batch_size`` items
+    drawn from a buffer of the last ``buffer_size`` items, in the main process: every item of a pass
+    comes out exactly once, and two views of a sample share a batch about as often as two items
+    ``buffer_size`` apart do. The draws depend only on ``(seed, epoch)`` and the loader's items, so a
+    run with the same sampler seed repeats itself; call :meth:`set_epoch` every epoch (it sets only
+    the buffer's epoch: set the sampler's and the dataset's as usual). Under ``DistributedSampler``
+    each rank buffers its own samples' views: none moves to another rank.
+
+    Args:
+        loader: an iterable of collated batches (tensors in tuples, lists or dicts, all with the same
+            first dimension), e.g. a ``DataLoader``.
+        batch_size: items per batch yielded.
+        buffer_size: items held before the first batch is drawn (``>= batch_size``); memory is about
+            ``buffer_size`` items plus one loader batch (uint8 items via ``transform`` take 4x less).
+        seed: seed of the draws.
+        drop_last: drop the last batch of a pass when it has fewer than ``batch_size`` items.
+    """
+
+    def __init__(self, loader, batch_size: int, *, buffer_size: int, seed: int = 0, drop_last: bool = False) -> None:
+        self.loader = loader
+        self.batch_size = check_int(batch_size, "batch_size", low=1)
+        self.buffer_size = check_int(buffer_size, "buffer_size", low=self.batch_size)
+        self.seed = check_int(seed, "seed", low=0)
+        self.drop_last = bool(drop_last)
+        self._epoch = torch.zeros((), dtype=torch.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch the draws depend on."""
+        self._epoch.fill_(check_int(epoch, "epoch", low=0))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def __repr__(self) -> str:
+        return (f"ShuffleBuffer(batch_size={self.batch_size}, buffer_size={self.buffer_size}, seed={self.seed}, "
+                f"drop_last={self.drop_last}, epoch={self.epoch})")
+
+    def __iter__(self):
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+
+        rng = np.random.default_rng([self.seed, self.epoch, _SHUFFLE_STREAM])
+        pool: _Pool | None = None
+        for batch in self.loader:
+            leaves, spec = tree_flatten(batch)
+            pool = _Pool(leaves, spec) if pool is None else pool
+            pool.add(leaves, spec)
+            while pool.held.size >= self.buffer_size:
+                pick = rng.choice(pool.held.size, self.batch_size, replace=False)
+                yield tree_unflatten(pool.take(pool.held[pick], np.delete(pool.held, pick)), spec)
+        if pool is None:
+            return
+        order = pool.held[rng.permutation(pool.held.size)]  # the rest, in a random order
+        for start in range(0, order.size, self.batch_size):
+            slots = order[start:start + self.batch_size]
+            if slots.size == self.batch_size or not self.drop_last:
+                yield tree_unflatten(pool.take(slots, order[start + self.batch_size:]), spec)
+
+
+class _Pool:
+    """The items a :class:`ShuffleBuffer` holds: one growing tensor per leaf, slots reused as items leave."""
+
+    def __init__(self, leaves: list, spec) -> None:
+        self.spec = spec
+        self.store = [self._check(t, leaves).new_empty((0, *t.shape[1:])) for t in leaves]
+        self.held = np.zeros(0, dtype=np.int64)  # slots of the held items
+        self.free: list[int] = []
+
+    @staticmethod
+    def _check(t, leaves) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or t.ndim == 0 or t.shape[0] != leaves[0].shape[0]:
+            raise ArgumentError("ShuffleBuffer: a loader batch must hold tensors with one common first (item) "
+                                f"dimension, got {type(t).__name__} {tuple(getattr(t, 'shape', ()))}; pass a "
+                                "DataLoader with the default collate")
+        return t
+
+    def add(self, leaves: list, spec) -> None:
+        """Hold a loader batch's items."""
+        if spec != self.spec or any(self._check(t, leaves).dtype != s.dtype or t.shape[1:] != s.shape[1:]
+                                    for t, s in zip(leaves, self.store)):
+            raise ArgumentError("ShuffleBuffer: the loader's batches changed structure, dtype or item shape; every "
+                                "batch must hold the same fields")
+        n = int(leaves[0].shape[0])
+        if len(self.free) < n:  # grow every leaf's storage by the missing slots
+            grow, start = n - len(self.free), self.store[0].shape[0]
+            self.store = [torch.cat([s, s.new_empty((grow, *s.shape[1:]))]) for s in self.store]
+            self.free += range(start, start + grow)
+        slots = np.asarray(self.free[:n], dtype=np.int64)
+        del self.free[:n]
+        index = torch.from_numpy(slots)
+        for s, t in zip(self.store, leaves):
+            s[index] = t
+        self.held = np.concatenate([self.held, slots])
+
+    def take(self, slots: np.ndarray, keep: np.ndarray) -> list:
+        """The items in ``slots`` (they leave the pool; ``keep``: the slots still held)."""
+        self.held = keep
+        self.free += slots.tolist()
+        index = torch.from_numpy(np.ascontiguousarray(slots))
+        return [s[index] for s in self.store]
 
 
 class _PlusDataset(VisionDataset):
@@ -304,7 +495,9 @@ class _PlusDataset(VisionDataset):
                  num_augmentations: int | None = None, p_original: float = 0.01, densify: str = "smooth",
                  sampling: str = "random", device: str | torch.device = "cpu",
                  transform: Callable | None = None, target_transform: Callable | None = None,
-                 seed: int | None = None, check: str = "exact", **base_kwargs: Any) -> None:
+                 seed: int | None = None, check: str = "exact", decode: str | None = None,
+                 records_per_decode: int = 1,
+                 **base_kwargs: Any) -> None:
         super().__init__(root)
         self._split = check_choice(split, "split", self._adapter.splits)
         self.adapter = self._adapter.create(root, split, **base_kwargs)
@@ -315,7 +508,8 @@ class _PlusDataset(VisionDataset):
                                         num_augmentations)  # dataset, split and classes: compared by _align
             self.reinforced = ReinforcedDataset(
                 self.adapter, store, p_original=p_original, densify=densify, sampling=sampling, device=device,
-                transform=transform, target_transform=target_transform, seed=seed, check=check)
+                transform=transform, target_transform=target_transform, seed=seed, check=check, decode=decode,
+                records_per_decode=records_per_decode)
             self.transform, self.target_transform = transform, target_transform
         else:
             self.transform = transform if transform is not None else create_eval_transform()
@@ -341,6 +535,13 @@ class _PlusDataset(VisionDataset):
         """Set the epoch of the training split (see :meth:`ReinforcedDataset.set_epoch`); no-op on others."""
         if self.reinforced is not None:
             self.reinforced.set_epoch(epoch)
+
+    @property
+    def collate_fn(self):
+        """The DataLoader ``collate_fn`` of this split's items (see :attr:`ReinforcedDataset.collate_fn`)."""
+        from torch.utils.data import default_collate
+
+        return self.reinforced.collate_fn if self.reinforced is not None else default_collate
 
     def create_device_replay(self, device: str | torch.device | None = None):
         """The :class:`~imagenet_plus.replay.DeviceReplay` that finishes the training split's device-path batches."""
@@ -380,7 +581,7 @@ class ImageNetPlus(_PlusDataset):
         split (string, optional): ``"train"`` (default) or ``"val"``.
         reinforcements (optional): store folder, Hub repo id (``"org/name@revision"``) or opened
             store; default the package's ImageNet+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode, records_per_decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; ``val``: replaces the evaluation transform (takes a PIL image).
@@ -402,7 +603,7 @@ class CIFAR100Plus(_PlusDataset):
         split (string, optional): ``"train"`` (default) or ``"test"``.
         reinforcements (optional): store folder, Hub repo id or opened store; default the
             package's CIFAR-100+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode, records_per_decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; ``test``: replaces the evaluation transform (takes a PIL image).
@@ -425,7 +626,7 @@ class Flowers102Plus(_PlusDataset):
         split (string, optional): ``"train"`` (default), ``"val"`` or ``"test"``.
         reinforcements (optional): store folder, Hub repo id or opened store; default the
             package's Flowers-102+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode, records_per_decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; others: replaces the evaluation transform (takes a PIL image).
@@ -448,7 +649,7 @@ class Food101Plus(_PlusDataset):
         split (string, optional): ``"train"`` (default) or ``"test"``.
         reinforcements (optional): store folder, Hub repo id or opened store; default the
             package's Food-101+ repo. Training split only.
-        num_augmentations, p_original, densify, sampling, device, seed, check: see
+        num_augmentations, p_original, densify, sampling, device, seed, check, decode, records_per_decode: see
             :class:`ReinforcedDataset`.
         transform (callable, optional): training: replaces the normalisation of the replayed uint8
             tensor; ``test``: replaces the evaluation transform (takes a PIL image).

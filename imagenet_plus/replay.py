@@ -20,6 +20,13 @@ own checks alike:
   partners where :meth:`Policy.mixing` says a record mixes, crop each, finish the batch, densify.
   :func:`draw_seed` is the default seed of every path.
 
+Several records per decode (``views=M``, FKD's trick): :meth:`ReplaySource.items` decodes each
+sample of a batch once and replays ``M`` of its records from that one decode. Pass ``e`` then
+serves, for every sample, the records of record-epochs ``e*M, ..., e*M+M-1`` (:func:`record_epochs`):
+view ``k`` of a sample is bit for bit the item the one-record path serves for it in epoch
+``e*M+k`` (its original-or-record choice, its ``cycle`` position, an original's fresh params, its
+partner's own record). Items come out sample-major: the ``M`` views of a sample together.
+
 :class:`DeviceReplay` finishes a collated batch of device-path items on a GPU.
 
 Tolerance of the device path against the per-sample CPU path: on the CPU bit-exact; on CUDA,
@@ -37,10 +44,10 @@ import torch
 
 from . import _rng
 from ._checks import check_choice, check_device, check_int, check_probability
-from .errors import PolicyError
+from .errors import ArgumentError, PolicyError
 
 __all__ = ["SAMPLINGS", "DENSIFY_MODES", "SharedEpoch", "Chooser", "draw_seed", "original_params", "render",
-           "make_targets", "Plan", "StoreRecords", "ReplaySource", "DeviceReplay"]
+           "make_targets", "record_epochs", "Plan", "StoreRecords", "ReplaySource", "DeviceReplay"]
 
 #: Values of ``sampling=`` and ``densify=``.
 SAMPLINGS = ("random", "cycle")
@@ -108,20 +115,22 @@ class Chooser:
                 f"p_original={self.p_original}, sampling={self.sampling!r}, epoch={self.epoch.get()})")
 
 
-def original_params(policy, seed: int, store_index, epoch: int, heights, widths, num_samples: int
+def original_params(policy, seed: int, store_index, epoch, heights, widths, num_samples: int
                     ) -> dict[str, np.ndarray]:
     """Params of original images: the policy's ordinary random augmentation for ``(seed, epoch, sample)``, unmixed.
 
     Every single-image field (crop, flip, RandAugment, erasing) is drawn by ``policy.sample`` with
     a seed derived from ``seed`` on the original-image stream, for records ``(i, epoch)`` of
     images ``heights x widths``; mixing fields say "no mix" (an original's target is one-hot).
+    ``epoch``: one epoch for all, or one per image (``[B]``: several records per decode).
 
     Returns:
         ``{field: array [B, *field.shape]}``.
     """
     derived = int(_rng.record_keys(seed, 0, 0, stream=_STREAM_ORIGINAL)) >> 1
     i = np.asarray(store_index, dtype=np.int64).reshape(-1)
-    return policy.sample(derived, i, np.full_like(i, epoch), heights, widths, num_samples, mix=False)
+    e = np.broadcast_to(np.asarray(epoch, dtype=np.int64), i.shape).copy()
+    return policy.sample(derived, i, e, heights, widths, num_samples, mix=False)
 
 
 def _row(params: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
@@ -191,19 +200,41 @@ def draw_seed(seed: int | None = None) -> int:
     return check_int(seed, "seed", low=0)
 
 
+def record_epochs(epoch: int, views: int) -> np.ndarray:
+    """The record-epochs pass ``epoch`` serves with ``views`` records per decode: ``epoch*views + [0, views)``."""
+    return int(epoch) * int(views) + np.arange(int(views), dtype=np.int64)
+
+
 class Plan(NamedTuple):
-    """What a batch of items uses."""
+    """What a batch of items uses (``views > 1``: ``B*views`` entries, the views of a sample together)."""
 
     index: np.ndarray  # the source's own item indices [B] (dataset indices; store indices for rows)
     store_index: np.ndarray  # store sample indices [B]
     original: np.ndarray  # bool [B]
     aug: np.ndarray  # augmentation index j [B] (meaningless where original)
-    epoch: int
+    epoch: int  # the epoch asked for (with views > 1: the pass)
+    record_epoch: np.ndarray | None = None  # int64 [B]: each entry's record-epoch (None: all ``epoch``)
+    views: int = 1  # records per decode: entries b*views .. b*views+views-1 share one decoded sample
 
     @property
     def read_aug(self) -> np.ndarray:
         """The augmentation index to read: ``aug``, 0 for originals (their stored row is only a placeholder)."""
         return np.where(self.original, 0, self.aug)
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """int64 ``[B]``: the record-epoch of every entry (what its choice and an original's params depend on)."""
+        if self.record_epoch is not None:
+            return self.record_epoch
+        return np.full(len(self.store_index), int(self.epoch), dtype=np.int64)
+
+    def decoded(self) -> "Plan":
+        """The entries that are decoded: one per sample (the first view of each)."""
+        if self.views == 1:
+            return self
+        v = self.views
+        return Plan(self.index[::v], self.store_index[::v], self.original[::v], self.aug[::v], self.epoch,
+                    self.epochs[::v], 1)
 
 
 class StoreRecords:
@@ -254,7 +285,11 @@ class StoreRecords:
         return self.store.records_batch(plan.store_index, plan.read_aug)
 
     def partners(self, p: np.ndarray, aug: np.ndarray, params: bool) -> tuple[list, dict | None]:
-        images = [self.load(self.dataset_index(s), s).image for s in p]
+        decoded: dict[int, Any] = {}  # a partner met twice in a batch is decoded once
+        for s in map(int, p):
+            if s not in decoded:
+                decoded[s] = self.load(self.dataset_index(s), s).image
+        images = [decoded[int(s)] for s in p]
         return images, (self.store.params_batch(p, aug) if params else None)
 
 
@@ -290,14 +325,29 @@ class ReplaySource:
         return self.data.to_store
 
     # -- which records ---------------------------------------------------------------------------------
-    def plan(self, items, epoch: int | None = None, aug=None) -> Plan:
-        """Choose the records of ``items`` in ``epoch`` (default the current one); ``aug``: records ``(i, aug)``."""
+    def plan(self, items, epoch: int | None = None, aug=None, *, views: int = 1) -> Plan:
+        """Choose the records of ``items`` in ``epoch`` (default the current one); ``aug``: records ``(i, aug)``.
+
+        ``views=M > 1``: ``epoch`` is a pass, and each item gets ``M`` entries (sample-major), the
+        records of record-epochs :func:`record_epochs` ``(epoch, M)``, each chosen exactly as the
+        one-record path chooses it in that epoch.
+        """
         index, s = self.data.locate(items)
+        views = check_int(views, "records_per_decode", low=1)
         if aug is not None:  # exact records: no choice, never an original
+            if views != 1:
+                raise ArgumentError(f"records_per_decode={views}: an exact replay (aug=...) is one record per item; "
+                                    "pass records_per_decode=1")
             return Plan(index, s, np.zeros(len(s), bool), np.broadcast_to(np.asarray(aug, np.int64), s.shape), 0)
         e = self.chooser.epoch.get() if epoch is None else int(epoch)
-        original, j = self.chooser.choose(s, e)
-        return Plan(index, s, original, j, e)
+        if views == 1:
+            original, j = self.chooser.choose(s, e)
+            return Plan(index, s, original, j, e)
+        rec = record_epochs(e, views)
+        chosen = [self.chooser.choose(s, int(r)) for r in rec]  # each record-epoch as the one-record path has it
+        original = np.stack([c[0] for c in chosen], axis=1).reshape(-1)
+        j = np.stack([c[1] for c in chosen], axis=1).reshape(-1)
+        return Plan(np.repeat(index, views), np.repeat(s, views), original, j, e, np.tile(rec, len(s)), views)
 
     # -- fetching --------------------------------------------------------------------------------------
     def _records(self, items, plan: Plan, samples: Sequence) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -305,7 +355,7 @@ class ReplaySource:
         params, ids, probs = self.data.records(items, plan)
         if plan.original.any():
             o = np.flatnonzero(plan.original)
-            fresh = original_params(self.policy, self.chooser.seed, plan.store_index[o], plan.epoch,
+            fresh = original_params(self.policy, self.chooser.seed, plan.store_index[o], plan.epochs[o],
                                     [samples[b].image.height for b in o], [samples[b].image.width for b in o],
                                     self.data.num_samples)
             for name, v in fresh.items():  # every field, the mixing ones saying "no mix"
@@ -333,28 +383,41 @@ class ReplaySource:
             images[b] = image
         return images, inline
 
-    def fetch(self, items, epoch: int | None = None, aug=None):
-        """Everything a batch of items needs: ``(plan, samples, params, ids, probs, partner images, partner params)``."""
-        plan = self.plan(items, epoch, aug)
-        samples = self.data.samples(items, plan)
+    def fetch(self, items, epoch: int | None = None, aug=None, *, views: int = 1):
+        """Everything a batch of items needs: ``(plan, samples, params, ids, probs, partner images, partner params)``.
+
+        ``views=M``: ``B*M`` entries (see :meth:`plan`); each sample is decoded once, its entries share it.
+        """
+        plan = self.plan(items, epoch, aug, views=views)
+        if plan.views == 1:
+            samples = self.data.samples(items, plan)
+        else:
+            samples = [sample for sample in self.data.samples(items, plan.decoded()) for _ in range(plan.views)]
+            items = [item for item in items for _ in range(plan.views)]
         params, ids, probs = self._records(items, plan, samples)
         pimages, pparams = self._partners(plan, params)
         return plan, samples, params, ids, probs, pimages, pparams
 
     # -- items -----------------------------------------------------------------------------------------
-    def items(self, items, epoch: int | None = None, *, normalized: bool = True, aug=None
+    def items(self, items, epoch: int | None = None, *, normalized: bool = True, aug=None, views: int = 1
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Replayed images ``[B, 3, S, S]`` (normalised float32, or uint8) and dense targets ``[B, C]``.
 
         ``aug``: replay the stored records ``(i, aug)`` exactly instead of choosing (no originals).
+        ``views=M > 1``: ``epoch`` is a pass; ``[B*M, ...]``, item ``b*M+k`` the record of record-epoch
+        ``epoch*M+k`` of item ``b``, replayed from one decode of its sample (see :meth:`plan`).
         """
-        plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch, aug)
+        plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch, aug, views=views)
         x = render(self.policy, [s.image for s in samples], params, pimages, pparams, normalized=normalized)
         targets = make_targets(ids, probs, plan.original, [s.label for s in samples], self.num_classes, self.densify)
         return x, targets
 
-    def device_items(self, items, epoch: int | None = None) -> list[dict[str, Any]]:
-        """Device-path items (crops, params, sparse targets) of ``items`` for :class:`DeviceReplay`."""
+    def device_items(self, items, epoch: int | None = None, *, decode: str = "workers") -> list[dict[str, Any]]:
+        """Device-path items of ``items`` for :class:`DeviceReplay`: params and sparse targets, and either the
+        crops made here (``decode="workers"``) or the files' bytes, identity checked and not decoded
+        (``decode="device"``; :mod:`imagenet_plus.device_decode`, for a :class:`StoreRecords` over image files)."""
+        if decode == "device":
+            return self._encoded_items(items, epoch)
         plan, samples, params, ids, probs, pimages, pparams = self.fetch(items, epoch)
         s = self.policy.output_size
         out = []
@@ -372,6 +435,25 @@ class ReplaySource:
                 "is_original": torch.tensor(bool(plan.original[b])),
                 "label": torch.tensor(int(sample.label), dtype=torch.int64),
             })
+        return out
+
+    def _encoded_items(self, items, epoch: int | None) -> list[dict[str, Any]]:
+        """``device_items(decode="device")``: the same choice, records and partners, read through
+        :class:`~imagenet_plus.device_decode.EncodedRecords` (bytes, digest, identity, header; no decode)."""
+        from .device_decode import EncodedRecords, encoded_item
+
+        source = ReplaySource(EncodedRecords(self.data), self.policy, self.chooser, densify=self.densify)
+        plan, samples, params, ids, probs, pimages, pparams = source.fetch(items, epoch)
+        out: list[dict[str, Any]] = []
+        if not samples:
+            return out
+        zeros = {k: np.zeros_like(np.asarray(v)[0]) for k, v in params.items()}  # shared: collated, never written
+        for b, sample in enumerate(samples):
+            row = _row(params, b)
+            mixes = pimages[b] is not None
+            prow = _row(pparams, b) if mixes else zeros
+            out.append(encoded_item(sample, pimages[b] if mixes else None, row, prow, ids[b], probs[b],
+                                    bool(plan.original[b])))
         return out
 
     def replay_record(self, store_index: int, aug: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -392,16 +474,30 @@ class DeviceReplay:
             available, else CPU.
         non_blocking: copy host tensors with ``non_blocking=True`` (use pinned memory).
 
-    Call it on what ``default_collate`` makes of the dataset's device-path items: ``{"image":
-    uint8 [B,3,S,S], "partner": uint8 [B,3,S,S], "params": {field: [B, ...]},
-    "partner_params": {field: [B, ...]}, "topk_ids": int64 [B,K], "topk_probs": float32 [B,K],
-    "is_original": bool [B], "label": int64 [B]}``. Returns ``(images float32 [B,3,S,S],
-    targets float32 [B,C])`` on the device. Originals are finished like the others (their
-    params carry the freshly drawn RandAugment ops and erasing box) but never mixed, and get
-    one-hot targets.
+    Call it on what the dataset's ``collate_fn``
+    (:func:`~imagenet_plus.device_decode.collate_device_items`) makes of its device-path items.
+    Two kinds of batch:
+
+    * file bytes (``decode="device"``, the default of ``device="cuda"`` for datasets of image
+      files): ``{"data", "offsets", "size", "jpeg", "path"}`` and the same with the ``partner_``
+      prefix; the batch is decoded here (:func:`~imagenet_plus.device_decode.decode_images`: batched
+      ``torchvision.io.decode_jpeg`` on ``device``, the package's CPU decode for what it cannot
+      read) and each record's box cropped and resized here, partners alike;
+    * crops made in the workers (``decode="workers"``, array-backed datasets): ``{"image": uint8
+      [B,3,S,S], "partner": uint8 [B,3,S,S]}``.
+
+    Both carry ``"params": {field: [B, ...]}``, ``"partner_params": {field: [B, ...]}``,
+    ``"topk_ids"`` int64 ``[B,K]``, ``"topk_probs"`` float32 ``[B,K]``, ``"is_original"`` bool ``[B]``,
+    ``"label"`` int64 ``[B]``. Returns ``(images float32 [B,3,S,S], targets float32 [B,C])`` on the
+    device. Originals are finished like the others (their params carry the freshly drawn
+    RandAugment ops and erasing box) but never mixed, and get one-hot targets. ``self.decoded``
+    counts the images decoded by ``decode_jpeg`` (``"device"``) and by the CPU fallback
+    (``"fallback"``).
 
     Example:
         >>> replay = train.create_device_replay("cuda")
+        >>> loader = DataLoader(train, batch_size=256, num_workers=4, collate_fn=train.collate_fn,
+        ...                     pin_memory=True)
         >>> for batch in loader:
         ...     images, targets = replay(batch)
     """
@@ -417,6 +513,7 @@ class DeviceReplay:
         self.device = check_device(device, f"DeviceReplay(device={str(device)!r})",
                                    "use device='cpu' or the dataset's CPU path")
         self.non_blocking = non_blocking
+        self.decoded = {"device": 0, "fallback": 0}
 
     def __repr__(self) -> str:
         return (f"DeviceReplay(policy={self.policy.name!r}, num_classes={self.num_classes}, "
@@ -432,27 +529,71 @@ class DeviceReplay:
             out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
         return out
 
+    def _decode_crops(self, batch: Mapping[str, Any], params, partner_params) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode a batch of file bytes (images and partners in one call) and crop each record on the device."""
+        from .device_decode import _split, crop_images, decode_images
+
+        for key in ("size", "jpeg", "partner_data", "partner_offsets", "partner_size", "partner_jpeg"):
+            if key not in batch:
+                raise PolicyError(f"DeviceReplay: batch of file bytes lacks {key!r}; collate the items with the "
+                                  "dataset's collate_fn (imagenet_plus.device_decode.collate_device_items)")
+        data, pdata = _split(batch, ""), _split(batch, "partner_")
+        B = len(data)
+        has = [b for b in range(B) if pdata[b].numel()]
+        jpeg = np.asarray(torch.as_tensor(batch["jpeg"]).cpu(), bool).reshape(-1)
+        pjpeg = np.asarray(torch.as_tensor(batch["partner_jpeg"]).cpu(), bool).reshape(-1)
+        sizes = np.asarray(torch.as_tensor(batch["size"]).cpu()).reshape(-1, 2)
+        psizes = np.asarray(torch.as_tensor(batch["partner_size"]).cpu()).reshape(-1, 2)
+        paths, ppaths = list(batch.get("path", [])), list(batch.get("partner_path", []))
+        decoded = decode_images(data + [pdata[b] for b in has], list(jpeg) + [pjpeg[b] for b in has],
+                                np.concatenate([sizes, psizes[has]]).reshape(-1, 2), self.device,
+                                (paths + [ppaths[b] for b in has]) if len(paths) == B and len(ppaths) == B else (),
+                                stats=self.decoded)
+        partners: list = [None] * B
+        for n, b in enumerate(has):
+            partners[b] = decoded[B + n]
+        images = crop_images(self.policy, decoded[:B], params, self.device)
+        return images, crop_images(self.policy, partners, partner_params if partner_params is not None else params,
+                                   self.device)
+
+    def _images(self, batch: Mapping[str, Any], params, partner_params) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's crops and partner crops on the device: decoded here, or moved from the workers."""
+        if "data" in batch:
+            images, partners = self._decode_crops(batch, params, partner_params)
+            return images, partners if self.policy.uses_mix else None
+        images = batch["image"].to(self.device, non_blocking=self.non_blocking)
+        if not self.policy.uses_mix:
+            return images, None
+        if "partner" not in batch:
+            raise PolicyError("DeviceReplay: mixing policy needs 'partner' and 'partner_params' in the batch")
+        return images, batch["partner"].to(self.device, non_blocking=self.non_blocking)
+
     def __call__(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay a collated batch; see the class docstring."""
-        for key in ("image", "params", "topk_ids", "topk_probs"):
+        for key in ("params", "topk_ids", "topk_probs"):
             if key not in batch:
                 raise PolicyError(f"DeviceReplay: batch lacks {key!r}; pass a collated batch of device-path items "
                                   "(ReinforcedDataset(..., device='cuda'))")
-        images = batch["image"].to(self.device, non_blocking=self.non_blocking)
-        B = images.shape[0]
+        if "image" not in batch and "data" not in batch:
+            raise PolicyError("DeviceReplay: batch lacks 'image' (worker crops) and 'data' (file bytes); pass a "
+                              "collated batch of device-path items (ReinforcedDataset(..., device='cuda'))")
+        if "data" in batch and "offsets" not in batch:
+            raise PolicyError("DeviceReplay: batch of file bytes lacks 'offsets'; collate the items with the "
+                              "dataset's collate_fn (imagenet_plus.device_decode.collate_device_items)")
+        B = len(batch["offsets"]) - 1 if "data" in batch else int(batch["image"].shape[0])
         is_orig = batch.get("is_original")
         is_orig = np.zeros(B, bool) if is_orig is None else np.asarray(torch.as_tensor(is_orig).cpu(), bool).reshape(B)
         params = self.policy.without_mixing(self._params(batch["params"]), is_orig)  # originals never mix
-        partners = partner_params = None
+        partner_params = None
         if self.policy.uses_mix:
-            if "partner" not in batch or "partner_params" not in batch:
+            if "partner_params" not in batch:
                 raise PolicyError("DeviceReplay: mixing policy needs 'partner' and 'partner_params' in the batch")
-            partners = batch["partner"].to(self.device, non_blocking=self.non_blocking)
             partner_params = self._params(batch["partner_params"])
             mixes, _ = self.policy.mixing(params)
             if len(mixes) != B:
                 raise PolicyError(f"DeviceReplay: params hold {len(mixes)} records but the batch has {B} images")
         self.policy.check_params(params, what="DeviceReplay params")
+        images, partners = self._images(batch, params, partner_params)
         x = self.policy.finish_normalized(images, params, partners, partner_params)
         if is_orig.any() and "label" not in batch:
             raise PolicyError("DeviceReplay: batch has is_original records but no 'label'")

@@ -23,6 +23,22 @@ sidecar says nothing about the size it was trained at). :meth:`Teacher.input_pip
 all of it per member, with the resize factor; the builder records it and refuses a large resize
 that rests on a guess. An ensemble averages the members' softmax probabilities (as the paper).
 
+**How the forward runs** (:data:`COMPILE_MODES`, ``teacher_compile`` of a build). ``"none"``: eagerly.
+``"compile"``: the whole ensemble forward (every member's resize and normalisation, the members,
+softmax and mean) under one ``torch.compile`` with static shapes. ``"cudagraphs"`` (CUDA only): the
+eager ensemble captured once per input shape in a CUDA graph and replayed (one launch per batch
+instead of thousands; the inputs are copied into a static buffer, the memory pool is shared by the
+shapes). The first batch of each shape is also run eagerly and the probabilities compared (at most
+0.05 apart, else :class:`~imagenet_plus.errors.BuildError`), so a broken compilation or capture
+fails loudly instead of storing wrong targets. Both tell the builder to pad every teacher batch to the full batch size
+(:attr:`Teacher.static_batch`), so one shape is compiled or captured. What is deterministic: for one
+mode on one device and software stack, equal inputs give bit-equal probabilities, run after run
+(graph replay runs the captured kernels; compiled code is generated once per shape). Across modes
+the probabilities agree within float rounding (the compiler fuses and reorders float operations;
+inductor may pick other kernels), so top-k ids agree except where two classes' probabilities tie
+within rounding. The mode is therefore not part of a store's build id, like the batch size: it
+changes no result beyond float rounding, and a build resumed with another mode stays valid.
+
 ``resnext101_32x48d.fb_wsl_ig1b_ft_in1k``, the largest of the paper's four IG-ResNeXt teachers,
 is no longer in timm's registry; it is built here with timm's ``ResNet`` class (ResNeXt-101,
 cardinality 32, width 48, torchvision's parameter names) and needs a local checkpoint of the
@@ -44,10 +60,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._checks import check_choice
 from .errors import ArgumentError, BuildError
 
-__all__ = ["TeacherSpec", "MemberInput", "Teacher", "IG_RESNEXT_ENSEMBLE", "INPUT_SIZE_SOURCES", "create_teacher",
-           "create_member", "parse_teacher_list", "read_sidecar", "checkpoint_sha256_of"]
+__all__ = ["TeacherSpec", "MemberInput", "Teacher", "IG_RESNEXT_ENSEMBLE", "INPUT_SIZE_SOURCES", "COMPILE_MODES",
+           "create_teacher", "create_member", "parse_teacher_list", "read_sidecar", "checkpoint_sha256_of"]
 
 #: The paper's ImageNet teacher: four Instagram-pretrained ResNeXt-101 models fine-tuned on ImageNet-1k.
 IG_RESNEXT_ENSEMBLE = (
@@ -59,6 +76,11 @@ IG_RESNEXT_ENSEMBLE = (
 #: Where a member's input size came from (``MemberInput.source``); the last one is a guess.
 INPUT_SIZE_SOURCES = ("input_size argument", "checkpoint sidecar", "pretrained config", "architecture default")
 GUESSED = INPUT_SIZE_SOURCES[-1]
+#: How the ensemble's forward runs (see the module docstring): eagerly, compiled, or replayed from CUDA graphs.
+COMPILE_MODES = ("none", "compile", "cudagraphs")
+#: Largest difference of a probability between the fast (compiled, graphed) and the eager forward on the first
+#: batch of each shape (bf16 rounding moves probabilities by far less; a broken capture by far more).
+_FAST_TOLERANCE = 0.05
 
 _EXTRA_ARCHS = {"resnext101_32x48d": dict(layers=(3, 4, 23, 3), cardinality=32, base_width=48)}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -364,15 +386,39 @@ class Teacher(nn.Module):
                                  persistent=False)
             self.register_buffer(f"std{i}", torch.tensor(c.std, dtype=torch.float32).view(1, 3, 1, 1) * 255,
                                  persistent=False)
-        self._forwards = list(self.members)
+        self.compile_mode = "none"
+        self._compiled = None
+        self._graphs: dict[tuple, tuple[torch.Tensor, "torch.cuda.CUDAGraph", torch.Tensor]] = {}
+        self._checked: set[tuple] = set()  # input shapes whose fast forward was checked against eager
 
     @property
     def num_classes(self) -> int:
         return int(self.members[0].num_classes)
 
-    def compile_members(self, **kwargs) -> "Teacher":
-        """``torch.compile`` every member (static shapes: the builder pads every batch to full size)."""
-        self._forwards = [torch.compile(m, **kwargs) for m in self.members]
+    @property
+    def static_batch(self) -> bool:
+        """Whether callers should pad every batch to one size (compiled or graphed: one shape, one compilation)."""
+        return self.compile_mode != "none"
+
+    def set_compile(self, mode: str, backend: str | None = None) -> "Teacher":
+        """Run the forward as ``mode`` (one of :data:`COMPILE_MODES`, see the module docstring).
+
+        Args:
+            mode: ``"none"``, ``"compile"`` or ``"cudagraphs"``.
+            backend: ``torch.compile``'s backend for ``"compile"`` (default inductor).
+
+        Raises:
+            ArgumentError: an unknown mode, or ``"cudagraphs"`` for a teacher that is not on a CUDA device.
+        """
+        check_choice(mode, "teacher_compile", COMPILE_MODES)
+        device = next(self.members[0].parameters()).device
+        if mode == "cudagraphs" and device.type != "cuda":
+            raise ArgumentError(f"teacher_compile: 'cudagraphs' needs the teacher on a CUDA device, it is on "
+                                f"{device}; use teacher_compile none or compile (--teacher-compile)")
+        self.compile_mode = mode
+        self._graphs, self._checked = {}, set()
+        kwargs = {} if backend is None else {"backend": backend}
+        self._compiled = torch.compile(self._ensemble, dynamic=False, **kwargs) if mode == "compile" else None
         return self
 
     def preprocess(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -390,14 +436,68 @@ class Teacher(nn.Module):
         """Mean softmax probabilities (float32) of the members for uint8 pixels ``x``."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ArgumentError(f"teacher input must be uint8 [B, 3, H, W], got {x.dtype} {list(x.shape)}")
+        if self.compile_mode == "none":
+            return self._ensemble(x)
+        out = self._compiled(x) if self._compiled is not None else self._replay(x)
+        key = (tuple(x.shape), str(x.device))
+        if key not in self._checked:  # once per shape: the fast forward against the eager one on the same batch
+            self._check_fast(out, self._ensemble(x), list(x.shape))
+            self._checked.add(key)
+        return out
+
+    def _check_fast(self, fast: torch.Tensor, eager: torch.Tensor, shape: list) -> None:
+        """Refuse a compiled or graphed forward whose probabilities differ from eager's by more than rounding."""
+        diff = float((fast.float() - eager.float()).abs().max()) if fast.shape == eager.shape else float("inf")
+        if not diff <= _FAST_TOLERANCE:
+            raise BuildError(f"teacher_compile {self.compile_mode}: the teacher's ({', '.join(self.names)}) "
+                             f"probabilities for input {shape} differ from its eager forward's by {diff:.3g} "
+                             f"(more than float rounding, {_FAST_TOLERANCE}); use --teacher-compile none and report "
+                             "the model and torch version")
+
+    def _ensemble(self, x: torch.Tensor) -> torch.Tensor:
+        """The ensemble's computation (eager; what ``compile`` compiles and ``cudagraphs`` captures)."""
         total = None
-        for i, fwd in enumerate(self._forwards):
+        for i, member in enumerate(self.members):
             xi = self.preprocess(x, i)
-            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = fwd(xi)
+            # no autocast weight cache: it would outlive a CUDA graph's capture (and saves nothing here)
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                                cache_enabled=False):
+                logits = member(xi)
             p = torch.softmax(logits.float(), dim=1)
             total = p if total is None else total + p
-        return total / len(self._forwards)
+        return total / len(self.members)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """``cudagraphs``: copy ``x`` into the static input of its shape's graph (captured on first use), replay."""
+        key = (tuple(x.shape), str(x.device))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(x)
+        static_in, graph, static_out = self._graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()  # the next replay overwrites static_out
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.Tensor, "torch.cuda.CUDAGraph", torch.Tensor]:
+        """Warm up on a side stream (cuDNN's autotuning, lazy initialisation), then capture one forward."""
+        static_in = x.clone()
+        main = torch.cuda.current_stream(x.device)
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(main)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._ensemble(static_in)
+            main.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            pool = next(iter(self._graphs.values()))[1].pool() if self._graphs else None
+            # thread_local: work of the build's other threads (the shard writer) does not break the capture
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                static_out = self._ensemble(static_in)
+        except RuntimeError as e:
+            raise BuildError(f"teacher_compile cudagraphs: capturing the teacher ({', '.join(self.names)}) for input "
+                             f"{list(x.shape)} in a CUDA graph failed ({e}); use --teacher-compile compile or "
+                             "none") from e
+        return static_in, graph, static_out
 
     def describe(self) -> dict:
         """JSON-able description for the manifest (names, checkpoint file names and sha256s, input pipelines)."""
@@ -417,7 +517,7 @@ class Teacher(nn.Module):
 
 
 def create_teacher(specs: Sequence[TeacherSpec] | str, *, num_classes: int | None = None, pretrained: bool = True,
-                   device: str | torch.device = "cpu", compile: bool = False, amp: bool | None = None,
+                   device: str | torch.device = "cpu", compile: str | bool = "none", amp: bool | None = None,
                    input_size: int | None = None, allow_new_head: bool = False) -> Teacher:
     """Build an (ensemble) teacher.
 
@@ -426,7 +526,8 @@ def create_teacher(specs: Sequence[TeacherSpec] | str, *, num_classes: int | Non
         num_classes: classifier size (``None``: each checkpoint's sidecar or head, or the pretrained head).
         pretrained: download timm's pretrained weights for members without a checkpoint.
         device: where the teacher runs.
-        compile: ``torch.compile`` the members (CUDA only; ignored on CPU).
+        compile: how the forward runs, one of :data:`COMPILE_MODES` (``True`` is ``"compile"``, ``False``
+            ``"none"``); see :meth:`Teacher.set_compile`.
         amp: bf16 autocast (default: on CUDA).
         input_size: side of every member's input (``None``: the sidecar's, the pretrained config's, else
             the architecture's default); augmented images are resized to it when they differ.
@@ -464,6 +565,5 @@ def create_teacher(specs: Sequence[TeacherSpec] | str, *, num_classes: int | Non
         raise BuildError(f"teachers have {next(iter(counts.values()))} classes but num_classes={num_classes}")
     teacher = Teacher(models, inputs, [s.name for s in specs], [s.checkpoint for s in specs],
                       amp=(device.type == "cuda") if amp is None else amp, checkpoint_sha256=shas).to(device)
-    if compile and device.type == "cuda":
-        teacher.compile_members()
-    return teacher
+    mode = {True: "compile", False: "none"}.get(compile, compile) if isinstance(compile, bool) else compile
+    return teacher.set_compile(mode)

@@ -100,6 +100,22 @@ def test_build_throughput_tiny():
     out = _run("build_throughput.py", "--device", "cpu", "--quick", "--samples", "4", "--augs", "4",
                "--batch-size", "8", "--image-size", "32", "--teacher-input-size", "32")
     assert out["ratio"] > 0 and out["ok"] is True
+    assert out["teacher_compile"] == "none" and out["bf16_peak_of"] == "cpu: no bf16 peak known"
+    assert out["teacher_fraction_of_bf16_peak"] is None and out["teacher_gflops_per_image"] > 0
+    proj = out["projected_imagenet_plus_hours"]
+    assert proj["build"]["rate"].startswith("CPU rate") and proj["build"]["hours"] > 0
+    assert out["writer_thread_gain"] > 0 and out["build_timings"]["write_s"] > 0
+
+
+def test_check_build_throughput_small_on_the_cpu():
+    """The function ``benchmarks/gpu_check.py`` calls, at its small sizes on the CPU."""
+    import argparse
+
+    import build_throughput
+
+    out = build_throughput.check_build_throughput(argparse.Namespace(device="cpu", small=True, batch_size=256))
+    assert out["ok"] is True and out["target_ratio"] is None and out["records"] == 32
+    assert out["bf16_peak_tflops"] is None and "compile_agreement" not in out
 
 
 def test_identity_cost_tiny():
@@ -110,3 +126,25 @@ def test_identity_cost_tiny():
 def test_construct_time_tiny():
     out = _run("construct_time.py", "--quick")
     assert out["samples"] == 20_000 and out["construct_seconds_same_order"] > 0
+
+
+def test_cores_per_gpu_quick_prints_rates_and_no_invented_gpu_figures():
+    out = _run("cores_per_gpu.py", "--quick", "--device", "cpu")
+    assert out["benchmark"] == "cores_per_gpu" and out["ok"] is True
+    rates = out["per_core_items_per_s"]
+    for key in ("torchvision_v2", "cpu_replay", "device_replay_workers"):
+        assert rates[key] > 0, key
+    assert rates["device_replay_workers"] > rates["cpu_replay"]  # workers only read, digest and look up records
+    assert out["device_replay_gpu"] == "unmeasured (needs CUDA)"
+    for name in ("resnet50", "mobilenetv3_large"):
+        m = out["models"][name]
+        assert m["train_images_per_s"] is None and m["train_images_per_s_note"] == "unmeasured (needs CUDA)"
+        assert all(m[f"cores_{p}"] is None for p in ("torchvision_v2", "cpu_replay", "device_replay_workers"))
+
+
+def test_gpu_check_device_decode_is_bit_exact_on_the_cpu():
+    out = _run("gpu_check.py", "--device", "cpu", "--small", "--only", "device_decode")
+    dd = out["device_decode"]
+    assert out["ok"] is True and dd["bit_exact"] is True and dd["mean_abs_diff"] == 0.0
+    for name in ("rrc+ra/re", "rrc+mix+ra/re"):
+        assert dd[name]["decoded"]["device"] > 0 and dd[name]["decoded"]["fallback"] > 0  # CMYK and PNG files

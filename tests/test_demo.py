@@ -23,22 +23,22 @@ def test_digits_demo_quick(tmp_path, capsys):
     returned = digits_demo.main(["--out", str(out), "--quick", "--threads", "1"])
     printed = capsys.readouterr().out
     # the table: the teacher and the three arms, with every column
-    for column in ("top-1 (%)", "ECE-15 (%)", "NLL", "confidence (%)", "epoch (s)", "vs ERM"):
+    for column in ("top-1 (%)", "ECE-15 (%)", "NLL", "confidence (%)", "steps", "epoch (s)", "vs ERM"):
         assert column in printed, column
-    for row in ("teacher ensemble", "student, ERM", "student, KD", "student, Plus"):
+    for row in ("teacher ensemble", "student, ERM", "student, KD", "student, Plus (", "student, Plus, 2 records"):
         assert row in printed, row
 
     res = json.loads((out / "results.json").read_text())
     assert res["arms"]["plus"]["top1"] == returned["arms"]["plus"]["top1"]
     assert res["settings"]["train_samples"] == 128 and res["settings"]["num_augmentations"] == 4
-    assert set(res["arms"]) == {"erm", "kd", "plus"}
+    assert set(res["arms"]) == {"erm", "kd", "plus", "plus-m2"}  # quick: M = 2 for the fourth arm
     for arm, a in res["arms"].items():
         assert 0.0 <= a["top1"]["mean"] <= 100.0 and a["ece"]["mean"] >= 0.0 and a["nll"]["mean"] > 0.0
         assert len(a["top1"]["values"]) == 1 and a["epoch_seconds"]["mean"] > 0 and a["images_per_s"]["mean"] > 0
-        assert len(a["curves"]["top1"]) == 1 and len(a["curves"]["top1"][0]) == 2  # one seed, two epochs
-        # every arm ran the same number of steps
+        # every arm ran the same number of steps: 128 images, batch 32, two epochs (M = 2: one pass of 2 records)
         hist = json.loads((out / "students" / f"{arm}-s0" / "results.json").read_text())["history"]
-        assert [h["steps"] for h in hist] == [4, 4]  # 128 images, batch 32
+        assert [h["steps"] for h in hist] == ([8] if arm == "plus-m2" else [4, 4]) and a["steps"] == 8
+        assert a["curves"]["epoch"] == [[2] if arm == "plus-m2" else [1, 2]]  # one seed; records per sample so far
     assert res["arms"]["erm"]["epoch_vs_erm"] == 1.0
     # the evaluation: every student clean and corrupted, the robustness columns printed, mCE against ERM
     for column in ("corrupted top-1 (%)", "mCE (%)", "rel. mCE (%)", "top-5 (%)"):
@@ -46,7 +46,7 @@ def test_digits_demo_quick(tmp_path, capsys):
     ev = res["evaluation"]
     assert ev["corruptions"] == list(digits_demo.QUICK_CORRUPTIONS) and ev["table"] == "cifar"
     assert ev["arms"]["erm"]["mce"]["mean"] == pytest.approx(100.0)  # one ERM seed: its own baseline
-    for arm in ("erm", "kd", "plus"):
+    for arm in ("erm", "kd", "plus", "plus-m2"):
         assert ev["arms"][arm]["top1"]["values"] == res["arms"][arm]["top1"]["values"]  # train.py's final figures
         assert set(ev["arms"][arm]["per_type"]) == set(digits_demo.QUICK_CORRUPTIONS)
     for png in ("reliability.png", "robustness.png"):

@@ -217,3 +217,21 @@ def test_evaluate_errors(digits_runs, tmp_path):
                        "--workers", "0", "--baseline", "kd"])
     with pytest.raises(ArgumentError, match="--corruptions: unknown 'rain'"):
         evaluate.main(["--run", str(a), "--out", str(tmp_path / "o"), "--corruptions", "rain"])
+
+
+def test_channels_last_pass_agrees_with_the_training_layout(digits_runs):
+    """The corrupted and shifted passes run channels-last copies: the same statistics up to float reassociation."""
+    tmp, (a, _) = digits_runs
+    run = evaluate.load_run("erm", a)
+    base = evaluate._eval_base([run], 64)
+    ev = run.recipe["eval"]
+    loader = torch.utils.data.DataLoader(evaluate.CropImages(base, ev["resize"], ev["crop"],
+                                                             ("gaussian_noise", 3, 0, "cifar")), batch_size=32)
+    (plain,) = evaluate._pass([run], loader, torch.device("cpu"))
+    fast_runs = evaluate.channels_last_runs([run])
+    assert fast_runs[0].model is not run.model  # the clean pass's model is left as train.py laid it out
+    assert next(run.model.parameters()).is_contiguous()
+    (fast,) = evaluate._pass(fast_runs, loader, torch.device("cpu"), channels_last=True)
+    np.testing.assert_allclose(fast["logp"], plain["logp"], atol=1e-4)
+    np.testing.assert_allclose(fast["conf"], plain["conf"], atol=1e-4)
+    assert (fast["correct"] == plain["correct"]).mean() >= 0.98 and len(fast["correct"]) == 64

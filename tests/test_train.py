@@ -566,3 +566,18 @@ def test_readme_names_what_finetune_teacher_writes_and_that_exif_orientation_is_
     buf = io.BytesIO()
     image.save(buf, "JPEG", exif=exif.tobytes())
     assert decode_bytes(buf.getvalue(), "x.jpg").size == (40, 24)  # not rotated to 24x40
+
+
+def test_eval_set_in_memory_serves_the_same_tensors():
+    """train.py's per-epoch evaluation reads a small eval set from memory: the very items, in order."""
+    from imagenet_plus.adapters import Digits
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    ds = _data.EvalDataset(Digits(split="test", image_size=32), transform)
+    cached = _data.in_memory(ds)
+    assert len(cached) == len(ds) == 364
+    for i in (0, 5, 363):
+        x, y = ds[i]
+        assert torch.equal(cached[i][0], x) and int(cached[i][1]) == y
+    assert _data.in_memory(ds, limit_bytes=364 * 3 * 32 * 32 * 4 - 1) is None  # one byte short: read per epoch

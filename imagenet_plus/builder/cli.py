@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from .. import registry
 from .._checks import check_device
 from ..errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ArgumentError, ReinforcementError
-from .config import PIXEL_PATHS, BuildConfig, load_config, merge_config
+from .config import PIXEL_PATHS, BuildConfig, load_config, merge_config, resolve_teacher_compile
 
 __all__ = ["add_parser", "add_arguments", "config_from_args", "run", "run_build", "main", "resume_command"]
 
@@ -49,7 +49,8 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
      "every teacher's input side (default: its checkpoint sidecar's, its pretrained config's, else a guess)"),
     ("--allow-new-head", "allow_new_head", "bool",
      "accept a teacher whose classifier head would be randomly initialised (fine-tuning workflows only)"),
-    ("--compile", "compile", "bool", "torch.compile the teachers (CUDA)"),
+    ("--teacher-compile", "teacher_compile", None, "how the teacher's forward runs: auto (eager for now), none, "
+                                                   "compile (torch.compile), cudagraphs (CUDA graphs, opt-in)"),
     ("--num-classes", "num_classes", "int?", "classes of the teacher's output (default: the teacher's)"),
     ("--num-augmentations", "num_augmentations", "int", "augmentations per sample (default 400)"),
     ("--topk", "topk", "int?", "probabilities kept per record (default min(10, num_classes))"),
@@ -156,7 +157,8 @@ def _create_teacher(cfg: BuildConfig, adapter, device):
     num_classes = cfg.num_classes if cfg.num_classes is not None or not random_init else adapter.num_classes
     torch.manual_seed(cfg.seed)  # randomly initialised teachers (benchmarks, tests) are equal on every rank
     teacher = create_teacher(specs, num_classes=num_classes, pretrained=cfg.pretrained, device=device,
-                             compile=cfg.compile, input_size=cfg.teacher_input_size,
+                             compile=resolve_teacher_compile(cfg.teacher_compile, device),
+                             input_size=cfg.teacher_input_size,
                              allow_new_head=cfg.allow_new_head)
     desc = teacher.describe()
     desc["pretrained"] = cfg.pretrained and any(s.checkpoint is None for s in specs)

@@ -21,12 +21,14 @@ from .. import registry
 from .._checks import check_choice, check_int
 from ..errors import ArgumentError
 
-__all__ = ["BuildConfig", "DEVICES", "PIXEL_PATHS", "load_config", "merge_config", "check_config",
-           "available_cores", "default_workers"]
+__all__ = ["BuildConfig", "DEVICES", "PIXEL_PATHS", "TEACHER_COMPILE", "load_config", "merge_config", "check_config",
+           "resolve_teacher_compile", "available_cores", "default_workers"]
 
 #: ``--pixel-path`` choices (see :func:`~imagenet_plus.builder.build_reinforcements`).
 PIXEL_PATHS = ("auto", "apply", "batched")
 DEVICES = ("auto", "cpu", "cuda")
+#: ``--teacher-compile`` choices: ``auto`` and :data:`imagenet_plus.teachers.COMPILE_MODES`.
+TEACHER_COMPILE = ("auto", "none", "compile", "cudagraphs")
 _MAX_DEFAULT_WORKERS = 8
 
 
@@ -60,7 +62,10 @@ class BuildConfig:
         teacher_input_size: every teacher's input side (``None``: its sidecar, pretrained config or
             architecture default; see :mod:`imagenet_plus.teachers`).
         allow_new_head: accept a teacher whose classifier would be freshly initialised (fine-tuning only).
-        compile: ``torch.compile`` the teachers (CUDA).
+        teacher_compile: how the teacher ensemble's forward runs: ``none`` (eager), ``compile``
+            (``torch.compile``), ``cudagraphs`` (CUDA graphs, CUDA only), ``auto``: ``none`` for now (the CUDA-graph
+            path becomes ``auto``'s choice on CUDA once ``benchmarks/gpu_check.py`` has measured it; opt in
+            with ``cudagraphs``). Not part of the build id (see :mod:`imagenet_plus.teachers`).
         num_classes: classes of the teacher's output (``None``: the teacher's; for random-init teachers
             the dataset's).
         num_augmentations: augmentations per sample (the paper's NS).
@@ -91,7 +96,7 @@ class BuildConfig:
     pretrained: bool = True
     teacher_input_size: int | None = None
     allow_new_head: bool = False
-    compile: bool = False
+    teacher_compile: str = "auto"
     num_classes: int | None = None
     num_augmentations: int = 400
     topk: int | None = None
@@ -116,9 +121,15 @@ _INTS = {"teacher_input_size": 1, "num_classes": 1, "num_augmentations": 1, "top
          "augs_per_shard": 1, "limit_samples": 1}
 _OPTIONAL_INTS = ("teacher_input_size", "num_classes", "topk", "image_size", "source_size", "samples_per_shard",
                   "augs_per_shard", "limit_samples")
-_BOOLS = ("pretrained", "allow_new_head", "compile", "progress")
+_BOOLS = ("pretrained", "allow_new_head", "progress")
 _STRS = ("split", "device")
 _OPTIONAL_STRS = ("data_root", "out")
+
+
+def resolve_teacher_compile(mode: str, device) -> str:
+    """The teacher's :data:`~imagenet_plus.teachers.COMPILE_MODES` entry for ``mode`` on ``device``
+    (``auto``: ``none`` on every device until the CUDA-graph path has run on a GPU; ``cudagraphs`` opts in)."""
+    return "none" if mode == "auto" else mode
 
 
 def _check_device(device: str, where: str) -> None:
@@ -147,6 +158,7 @@ def check_config(cfg: BuildConfig, source: str) -> BuildConfig:
                 raise ArgumentError(f"Invalid value {v!r} for argument {name}. Valid values are a string.")
         check_choice(cfg.dataset, "dataset", registry.names())
         check_choice(cfg.pixel_path, "pixel_path", PIXEL_PATHS)
+        check_choice(cfg.teacher_compile, "teacher_compile", TEACHER_COMPILE)
         _check_device(cfg.device, source)
         if not isinstance(cfg.policy, (str, dict)):
             raise ArgumentError(f"Invalid value {cfg.policy!r} for argument policy. Valid values are a preset name "
@@ -162,6 +174,10 @@ def merge_config(base: BuildConfig, overrides: dict[str, Any], source: str) -> B
     Raises:
         ArgumentError: an unknown setting name (naming it and ``source``) or a bad value.
     """
+    if "compile" in overrides:
+        raise ArgumentError(f"{source}: the setting compile was replaced by teacher_compile {{auto, none, compile, "
+                            "cudagraphs}; write teacher_compile: compile (or cudagraphs on CUDA; auto "
+                            "is eager for now) instead of compile: true, and leave compile: false out")
     unknown = sorted(set(overrides) - set(FIELDS))
     if unknown:
         raise ArgumentError(f"{source}: unknown config key(s) {', '.join(map(repr, unknown))}; valid keys are "

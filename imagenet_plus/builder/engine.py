@@ -20,7 +20,10 @@ in step 1, before any teacher work), so the build id covers the teacher's weight
 another checkpoint under the same name is refused in step 3, naming the file and both sha256s.
 
 Determinism: a record depends only on (data, policy, seed, teacher weights, teacher batch size);
-equal settings give byte-identical stores whatever the world size, worker count or resume point.
+equal settings give byte-identical stores whatever the world size, worker count, resume point or
+whether shards are written behind the teacher (:mod:`~imagenet_plus.builder.writer`). The
+teacher's forward mode (``teacher_compile``) changes probabilities by float rounding only and is
+not part of the build id (see :mod:`imagenet_plus.teachers`).
 """
 
 from __future__ import annotations

@@ -13,9 +13,12 @@ augmentation this rank stores for it with the policy's counter-based
   runs :meth:`~imagenet_plus.augment.Policy.finish` batched on the device (the CUDA path).
 
 The main process gathers each sample block's records per shard, feeds the teacher full batches
-as they fill, and at the block's end flushes the last batches and writes, in this order, the
-block's identity part, each shard (checked by reading its probe back) and the shard's state
-file: a shard on disk with a state file is finished, anything else is rebuilt on resume.
+as they fill, and at the block's end flushes the last batches and hands the block to the
+:class:`~imagenet_plus.builder.writer.BlockWriter`, which writes, in this order, the block's
+identity part, each shard (checked by reading its probe back) and the shard's state file, in a
+thread while the teacher works on the next block (at most one finished block waits): a shard on
+disk with a state file is finished, anything else is rebuilt on resume. A writer's error stops the
+build at the main thread's next sample, naming the shard.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import BuildError
 from ..identity import fingerprint
 from ..store import ShardEntry, write_shard
 from .checks import ReplayLimits
@@ -40,6 +44,8 @@ from .outdir import OutputFolder, identity_part_name, shard_state_name
 from .plan import SampleBlock, Shard
 from .readback import Probe, check_written_shard, probe_row
 from .teacher_run import ShardWork, TeacherRunner
+from . import writer as writer_module
+from .writer import BlockWriter
 
 __all__ = ["AugPart", "DecodedSample", "SampleJobs", "BuildStats", "PipelineSpec", "Pipeline", "RENDER_MODES"]
 
@@ -216,6 +222,7 @@ class Pipeline:
         self.blocks = blocks
         self.entries: dict[Shard, ShardEntry] = {}
         self._wait = {"loader_wait_s": 0.0, "block_finish_s": 0.0}
+        self._writer = BlockWriter(self._write_block, writer_module.WRITE_AHEAD)
 
     def run(self, num_workers: int, mode: str) -> dict[Shard, ShardEntry]:
         """Build every block; returns the written shards' entries."""
@@ -232,6 +239,7 @@ class Pipeline:
             t_ask = time.perf_counter()
             for item in loader:
                 self._wait["loader_wait_s"] += time.perf_counter() - t_ask
+                self._writer.check()  # a failed shard write stops the build here, at the next sample
                 if current is None or item.index >= current.block.s1:
                     if current is not None:
                         self._finish(current)
@@ -240,10 +248,15 @@ class Pipeline:
                 t_ask = time.perf_counter()
             if current is not None:
                 self._finish(current)
+            self._writer.close()
+        except BaseException:
+            self._writer.abort()  # the shard being written is finished, queued blocks are rebuilt on resume
+            raise
         finally:
             if bar is not None:
                 bar.close()
         self.spec.stats.extra["timings"] = {**{k: round(v, 3) for k, v in self._wait.items()},
+                                            **{k: round(v, 3) for k, v in self._writer.timings.items()},
                                             **{k: round(v, 3) for k, v in self.spec.runner.timings.items()}}
         return self.entries
 
@@ -269,17 +282,30 @@ class Pipeline:
                                 refresh=False)
 
     def _finish(self, cur: _Block) -> None:
-        """Flush the block's last batches, then write its identity part, shards and state files."""
+        """Flush the block's last batches, then hand it to the writer (identity part, shards, state files)."""
         s = self.spec
         t0 = time.perf_counter()
         for work in cur.works:
             while work.pending:
                 s.runner.submit(work, min(s.batch_size, len(work.pending)))
         s.runner.drain()
-        s.folder.write_state(identity_part_name(cur.block.s0, cur.block.s1), cur.identity.to_arrays())
-        for work in cur.works:
-            self._write(work)
         self._wait["block_finish_s"] += time.perf_counter() - t0
+        self._writer.put(cur)
+
+    def _write_block(self, cur: _Block) -> None:
+        """The writer's work for one block: its identity part, then each shard (stopping between shards when
+        the build stops)."""
+        self.spec.folder.write_state(identity_part_name(cur.block.s0, cur.block.s1), cur.identity.to_arrays())
+        for work in cur.works:
+            if self._writer.stopping:
+                return
+            try:
+                self._write(work)
+            except Exception as e:
+                named = _naming_shard(e, Path(self.spec.folder.root) / work.shard.name)
+                if named is e:
+                    raise
+                raise named from e
 
     def _write(self, work: ShardWork) -> None:
         """Write one shard, read its probe back, then record the shard's state (entry, counts, probe)."""
@@ -293,6 +319,15 @@ class Pipeline:
         self.entries[sh] = entry
         s.stats.shards_built += 1
         s.stats.bytes_written += entry.bytes
+
+
+def _naming_shard(e: Exception, path: Path) -> Exception:
+    """``e`` itself when its message names the shard, else an error of its kind that does (and how to resume)."""
+    if path.name in str(e):
+        return e
+    msg = (f"writing shard {path} failed ({type(e).__name__}: {e}); finished shards are kept and no partial shard "
+           "is left: fix the cause and rerun the same command to resume")
+    return OSError(e.errno, msg) if isinstance(e, OSError) else BuildError(msg)
 
 
 def write_shard_reporting(folder: OutputFolder, shard: Shard, arrays: dict, fields, build_id: str,

@@ -1,9 +1,11 @@
 """Running the teacher: the records of one shard, padded teacher batches, device staging, top-k.
 
 Determinism. Teacher batches never cross a shard and always start at the shard's first record;
-a shard's last partial batch is zero-padded to the next power of two (at most the batch size).
+a shard's last partial batch is zero-padded to the next power of two (at most the batch size),
+or to the full batch size for a teacher that asks for one static shape (``teacher.static_batch``:
+a compiled or CUDA-graphed :class:`~imagenet_plus.teachers.Teacher`, one compilation or capture).
 The same shard is thus computed by the same kernels on the same batch shapes whatever the world
-size, worker count or resume point (and ``torch.compile`` sees a handful of static shapes).
+size, worker count or resume point.
 
 CUDA. Batches are stacked straight into a ring of three pinned host buffers and uploaded
 asynchronously; the upload and, on the batched pixel path, the photometric stage
@@ -137,7 +139,10 @@ class TeacherRunner:
 
     def padded_size(self, count: int) -> int:
         """Rows computed for ``count`` records: the batch size, or for a shard's last partial batch the next
-        power of two (a function of the shard alone, so the bytes do not depend on the world size)."""
+        power of two (a function of the shard alone, so the bytes do not depend on the world size); always the
+        batch size for a teacher with ``static_batch`` (compiled or CUDA-graphed: one shape)."""
+        if getattr(self.teacher, "static_batch", False):
+            return self.batch_size
         return min(self.batch_size, 1 << max(0, count - 1).bit_length())
 
     def _stage(self, name: str, tensors: list[torch.Tensor], rows: int) -> torch.Tensor:

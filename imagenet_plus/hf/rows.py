@@ -108,7 +108,11 @@ class RowRecords:
                                      "and unfiltered, as partners=")
             rows.append(row)
         from_rows = self._from_rows(rows[0])
-        images = [self._sample(r, int(s), from_rows).image for r, s in zip(rows, p)]
+        decoded: dict[int, Any] = {}  # a partner met twice in a batch is decoded once
+        for r, s in zip(rows, map(int, p)):
+            if s not in decoded:
+                decoded[s] = self._sample(r, s, from_rows).image
+        images = [decoded[int(s)] for s in p]
         if not params:
             return images, None
         return images, (self._row_records(rows, aug)[0] if from_rows else self.store.params_batch(p, aug))

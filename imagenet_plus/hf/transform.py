@@ -10,6 +10,13 @@ seed and epoch: same items, ``random`` or ``cycle``, the same ``p_original`` def
 shared memory, so ``set_epoch`` reaches persistent DataLoader workers), the same partners, pixels
 and targets. Every row is checked on its first use (key, label, and the checksum of its records
 under the store's build id) and its image on every decode (see :mod:`imagenet_plus.hf.rows`).
+
+``records_per_decode=M`` (as for the dataset): each row's image is decoded once and ``M`` of its
+records replayed; ``set_epoch(e)`` is pass ``e``, record-epochs ``e*M .. e*M+M-1``. A batch of ``B``
+rows becomes ``B*M`` outputs (row-major: output ``b*M+k`` is view ``k`` of row ``b``), so a DataLoader
+over ``Dataset.with_transform`` yields ``B*M`` items per batch of ``B`` rows, as the dataset's
+``__getitems__`` does. Single-row indexing (``ds[i]``) keeps only the first of a row's outputs
+(``datasets`` picks one row of the transform's batch): use :meth:`ReplayTransform.item` for all ``M``.
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_int
-from ..errors import PolicyError, StoreError
+from ..errors import ArgumentError, PolicyError, StoreError
 from ..identity import CHECK_MODES
 from ..kernels import check_replay_kernel
-from ..replay import Chooser, ReplaySource, draw_seed
+from ..replay import Chooser, ReplaySource, draw_seed, record_epochs
 from .rows import ROW_SOURCES, RowRecords
 
 __all__ = ["ReplayTransform", "create_transform"]
@@ -34,10 +41,12 @@ class ReplayTransform:
     """Rows -> ``{"pixel_values", "soft_target"}`` by replaying stored augmentations (see :func:`create_transform`).
 
     Call :meth:`set_epoch` before every epoch, as with :class:`~imagenet_plus.datasets.ReinforcedDataset`.
+    ``records_per_decode=M``: ``M`` outputs per row, the records of record-epochs ``e*M .. e*M+M-1`` of pass ``e``.
     """
 
-    def __init__(self, source: ReplaySource) -> None:
+    def __init__(self, source: ReplaySource, records_per_decode: int = 1) -> None:
         self.source = source
+        self.records_per_decode = check_int(records_per_decode, "records_per_decode", low=1)
         self.manifest, self.policy, self.chooser = source.data.manifest, source.policy, source.chooser
 
     def __repr__(self) -> str:
@@ -45,7 +54,8 @@ class ReplayTransform:
         return (f"ReplayTransform(dataset={m.dataset!r}, policy={self.policy.name!r}, "
                 f"num_augmentations={self.num_augmentations}, p_original={self.chooser.p_original}, "
                 f"sampling={self.chooser.sampling!r}, seed={self.seed}, source={d.source!r}, "
-                f"check={d.check or 'exact where rows carry their file'!r}, densify={self.densify!r})")
+                f"check={d.check or 'exact where rows carry their file'!r}, densify={self.densify!r}, "
+                f"records_per_decode={self.records_per_decode})")
 
     @property
     def seed(self) -> int:
@@ -65,18 +75,34 @@ class ReplayTransform:
         return self.source.data.store
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch the choices depend on (shared memory: persistent DataLoader workers see it)."""
+        """Set the epoch the choices depend on (shared memory: persistent DataLoader workers see it).
+
+        With ``records_per_decode=M > 1`` it is the pass: record-epochs ``epoch*M .. epoch*M+M-1``.
+        """
         self.chooser.set_epoch(epoch)
 
     def choose(self, i: int, epoch: int | None = None) -> tuple[bool, int]:
         """``(is_original, j)`` for sample ``i`` in ``epoch`` (default the current one)."""
+        if self.records_per_decode != 1:
+            raise ArgumentError(f"records_per_decode={self.records_per_decode}: a row has "
+                                f"{self.records_per_decode} records per pass; use choose_views(i, epoch)")
         original, j = self.chooser.choose([int(i)], epoch)
         return bool(original[0]), int(j[0])
 
+    def choose_views(self, i: int, epoch: int | None = None) -> list[tuple[int, bool, int]]:
+        """``[(record_epoch, is_original, j)]`` of sample ``i``'s ``M`` views in pass ``epoch`` (default current)."""
+        e = self.chooser.epoch.get() if epoch is None else check_int(epoch, "epoch", low=0)
+        out = []
+        for r in record_epochs(e, self.records_per_decode):
+            original, j = self.chooser.choose([int(i)], int(r))
+            out.append((int(r), bool(original[0]), int(j[0])))
+        return out
+
     # -- items -----------------------------------------------------------------------------------------
     def items(self, rows: Sequence[Mapping[str, Any]], epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images ``[B, 3, S, S]`` and dense targets ``[B, C]`` of ``rows`` in ``epoch``."""
-        return self.source.items(rows, epoch)
+        """Normalised images ``[B*M, 3, S, S]`` and dense targets ``[B*M, C]`` of ``rows`` in ``epoch`` (``M`` =
+        ``records_per_decode``; output ``b*M+k`` is view ``k`` of row ``b``)."""
+        return self.source.items(rows, epoch, views=self.records_per_decode)
 
     def replay(self, row: Mapping[str, Any], j: int) -> dict[str, torch.Tensor]:
         """Stored augmentation ``j`` of one row, exactly (no choice): ``{"pixel_values", "soft_target"}``."""
@@ -86,8 +112,11 @@ class ReplayTransform:
         return {"pixel_values": x[0], "soft_target": y[0]}
 
     def item(self, row: Mapping[str, Any], epoch: int | None = None) -> dict[str, torch.Tensor]:
-        """The training item of one row (a ``dict`` of column values)."""
+        """The training item of one row (a ``dict`` of column values); ``records_per_decode=M > 1``: its ``M``
+        views stacked (``pixel_values [M, 3, S, S]``, ``soft_target [M, C]``)."""
         x, y = self.items([row], epoch)
+        if self.records_per_decode != 1:
+            return {"pixel_values": x, "soft_target": y}
         return {"pixel_values": x[0], "soft_target": y[0]}
 
     def __call__(self, batch: Mapping[str, list]) -> dict[str, list]:
@@ -117,8 +146,8 @@ class _OpenShards:
 def create_transform(reinforcements, policy=None, num_augmentations: int | None = None, seed: int | None = None,
                      densify: str = "smooth", *, p_original: float = 0.01, sampling: str = "random",
                      source: str = "auto", check: str | None = None, partners=None, revision: str | None = None,
-                     cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None
-                     ) -> ReplayTransform:
+                     cache_dir: str | os.PathLike | None = None, local_files_only: bool | None = None,
+                     records_per_decode: int = 1) -> ReplayTransform:
     """A transform for ``datasets.Dataset.with_transform`` that replays the stored augmentations.
 
     Args:
@@ -140,6 +169,8 @@ def create_transform(reinforcements, policy=None, num_augmentations: int | None 
             ``"exact"`` wherever a row carries its file's bytes, ``"resized"`` elsewhere.
         partners: mixing policies only: the dataset (un-transformed) to read partner rows from.
         revision, cache_dir, local_files_only: Hub options, as in ``resolve_reinforcements``.
+        records_per_decode: ``M >= 1`` records per decoded row (see the module docstring): a batch of ``B``
+            rows gives ``B*M`` outputs, ``set_epoch(e)`` selects record-epochs ``e*M .. e*M+M-1``.
 
     Returns:
         A :class:`ReplayTransform`.
@@ -156,6 +187,7 @@ def create_transform(reinforcements, policy=None, num_augmentations: int | None 
     from ..store import ReinforcementStore, open_store
 
     check_choice(source, "source", ROW_SOURCES)
+    check_int(records_per_decode, "records_per_decode", low=1)
     if check is not None:
         check_choice(check, "check", CHECK_MODES)
     hub_kwargs = {"revision": revision, "cache_dir": cache_dir, "local_files_only": local_files_only}
@@ -182,4 +214,4 @@ def create_transform(reinforcements, policy=None, num_augmentations: int | None 
     opener = _OpenShards(store, reinforcements, n, hub_kwargs)
     rows = RowRecords(identity, source=source, check=check, partners=partners, open_store=opener)
     chooser = Chooser(draw_seed(seed), n, p_original, sampling)
-    return ReplayTransform(ReplaySource(rows, pol, chooser, densify=densify))
+    return ReplayTransform(ReplaySource(rows, pol, chooser, densify=densify), records_per_decode)
