@@ -50,6 +50,7 @@ from .errors import AlignmentError, ArgumentError, ReinforcementError
 from .hub import open_reinforcements
 from .identity import CHECK_MODES, IdentityChecker
 from .imageio import to_rgb_image
+from .kernels import check_replay_kernel
 from .replay import DENSIFY_MODES, SAMPLINGS, Chooser, ReplaySource, StoreRecords, draw_seed, record_epochs
 
 __all__ = ["ReinforcedDataset", "ShuffleBuffer", "ImageNetPlus", "CIFAR100Plus", "Flowers102Plus", "Food101Plus",
@@ -238,6 +239,7 @@ class ReinforcedDataset(Dataset):
         self.num_augmentations = self.store.num_augmentations
         self.num_classes = self.store.num_classes
         self.policy = create_policy(self.store.policy_config)
+        check_replay_kernel(self.store.manifest)  # once per process: another resize kernel than the build's
         source, self._rows, to_store, from_store = _align(self.adapter, self.store)
         _check_partners(self.policy, self.store, from_store)
         if hasattr(self.store, "check_manifest"):

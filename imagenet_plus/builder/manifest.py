@@ -19,6 +19,7 @@ import numpy as np
 from .. import __version__
 from .._files import json_default
 from ..identity import fingerprint
+from ..kernels import REPORT_KEY, kernel_report
 from ..schema import Field
 from ..store import Manifest, ShardEntry, compute_build_id, digest_keys, write_manifest, write_samples
 from .outdir import OutputFolder, identity_part_name
@@ -108,6 +109,6 @@ def write_store_files(folder: OutputFolder, manifest: Manifest, shards: list[Sha
     manifest.samples_file = write_samples(folder.root, identity.labels, keys, identity.digests, identity.sizes,
                                           identity.fingerprints, build_id=manifest.build_id)
     manifest.shards = list(shards)
-    manifest.reports = dict(reports)
+    manifest.reports = {**reports, REPORT_KEY: kernel_report(manifest.policy)}  # the machine: outside the build id
     write_manifest(folder.root, manifest)
     return manifest

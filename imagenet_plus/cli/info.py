@@ -40,8 +40,32 @@ def info_dict(path: Path) -> dict[str, Any]:
         "record_bytes": m.record_bytes, "bytes_per_augmentation": shard_bytes / records if records else 0.0,
         "fields": [f.to_json() for f in m.fields], "seed": m.seed, "format_version": m.format_version,
         "builder_version": m.builder_version, "build_id": m.build_id, "reports": dict(m.reports or {}),
-        "provenance": m.extra.get("provenance"),
+        "provenance": m.extra.get("provenance"), "resize_kernel": _kernel_dict(m),
     }
+
+
+def _kernel_dict(m) -> dict[str, Any]:
+    """The resize kernel family the store was rendered with, this machine's for its policy, and what that means."""
+    from ..kernels import kernel_mismatch, policy_kernel, recorded_kernel
+
+    built, here = recorded_kernel(m), policy_kernel(m.policy)
+    if built is None:
+        note = "not recorded (a store built before it was); replay here uses " + repr(here)
+    else:
+        note = kernel_mismatch(m) or "the same resize kernel here: CPU replay is bit-exact"
+    return {"build": built, "here": here, "note": note}
+
+
+def _kernel_row(k: dict[str, Any]) -> tuple[str, str]:
+    built = k["build"]
+    if built is None:
+        return "resize kernel", k["note"]
+    head = f"{built['family']} at build (torch CPU capability {built.get('cpu_capability', '?')}, " \
+           f"{built.get('machine', '?')}), {k['here']} here"
+    if built["family"] == k["here"]:
+        return "resize kernel", f"{head}: CPU replay is bit-exact"
+    return "resize kernel", f"{head}: WARNING replayed pixels may differ by up to 1 grey level (see the warning " \
+                            "on replay)"
 
 
 def _report_rows(reports: dict) -> list[tuple[str, str]]:
@@ -97,6 +121,7 @@ def print_info(d: dict[str, Any]) -> None:
         ("bytes per augmentation", f"{d['bytes_per_augmentation']:.2f} on disk, {d['record_bytes']} per record"),
         ("record fields", fields),
         ("seed", str(d["seed"])),
+        _kernel_row(d["resize_kernel"]),
         ("format", f"version {d['format_version']}, built by imagenet-plus {d['builder_version']}"),
         ("build id", str(d["build_id"])),
     ]

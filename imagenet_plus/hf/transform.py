@@ -30,6 +30,7 @@ import torch
 from .._checks import check_choice, check_int
 from ..errors import ArgumentError, PolicyError, StoreError
 from ..identity import CHECK_MODES
+from ..kernels import check_replay_kernel
 from ..replay import Chooser, ReplaySource, draw_seed, record_epochs
 from .rows import ROW_SOURCES, RowRecords
 
@@ -203,6 +204,7 @@ def create_transform(reinforcements, policy=None, num_augmentations: int | None 
         raise StoreError(f"num_augmentations={n}: the store provides {available} augmentations per sample; pass an "
                          f"integer in [1, {available}] or None")
     pol = create_policy(manifest.policy if policy is None else policy)
+    check_replay_kernel(manifest)  # once per process: another resize kernel than the build's
     want = [(f.name, np.dtype(f.dtype), tuple(f.shape)) for f in manifest.param_fields]
     if [(f.name, np.dtype(f.dtype), tuple(f.shape)) for f in pol.fields] != want:
         raise PolicyError(f"policy {pol.name!r} declares fields {[f.name for f in pol.fields]} but the store was "
