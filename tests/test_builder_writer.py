@@ -81,7 +81,9 @@ def test_a_failing_shard_write_stops_the_build_naming_the_shard_and_resumes(refe
                                          "are kept .* rerun the same command to resume"):
         _build(base, out, policy, teacher)
     full = len(reference["teacher"].batches)
-    assert 11 < len(teacher.batches) < 16 < full  # stopped in the second block, at its next sample
+    # the first block's 11 batches always ran; the failure is seen before the second block starts (a fast
+    # writer) or at that block's next sample once batch 13 is released: never the rest of the build
+    assert 11 <= len(teacher.batches) < 16 < full
     assert not _writer_alive() and not (out / "manifest.json").exists()
     kept = sorted(p.name for p in (out / "reinforcements").iterdir())
     assert bad not in kept and not any(n.endswith(".tmp") for n in kept)
