@@ -259,11 +259,12 @@ def test_an_adapter_with_its_own_load_keeps_the_worker_crops(tmp_path):
     decoded by decode_jpeg: its samples are cropped in the workers, from its own load."""
     from imagenet_plus.adapters.base import LoadedSample
     from imagenet_plus.adapters.torchvision import ImageFolderAdapter
+    from imagenet_plus.imageio import to_rgb_image
 
     class GreyFolder(ImageFolderAdapter):
         def load(self, i):
-            s = super().load(i)
-            return LoadedSample(s.image.convert("L").convert("RGB"), s.label, s.digest, s.path)
+            s = super().load(i)  # an RGBArray since the lean hot path; a subclass may hand back a PIL image
+            return LoadedSample(to_rgb_image(s.image).convert("L").convert("RGB"), s.label, s.digest, s.path)
 
     policy = create_policy("rrc", output_size=SIZE)
     make_imagefolder(tmp_path / "data", classes=3, n_per_class=2, n_val_per_class=0, seed=3)

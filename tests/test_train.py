@@ -307,8 +307,9 @@ def test_kd_refuses_a_teacher_without_weights(digits):
 def test_kill_and_resume_reaches_the_same_weights_bitwise(digits, tmp_path, capsys):
     """SIGKILL a run after its first checkpoint; rerunning the command resumes to the uninterrupted weights.
 
-    The killed run is a forked child (a real process, killed mid-run); the uninterrupted run and the
-    rerun are this process. Two DataLoader workers and p_original 0.25 (originals draw fresh params)
+    The killed run is a spawned child (a real process, killed mid-run; spawned, not forked, since a fork
+    of a process that has run autograd cannot run it again, and any earlier test may have); the
+    uninterrupted run and the rerun are this process. Two DataLoader workers and p_original 0.25 (originals draw fresh params)
     exercise the worker and epoch plumbing.
     """
     import multiprocessing
@@ -318,7 +319,7 @@ def test_kill_and_resume_reaches_the_same_weights_bitwise(digits, tmp_path, caps
 
     full, killed = tmp_path / "full", tmp_path / "killed"
     args = lambda out: _args(digits, "plus", out, "--workers", "2", "--set", "p_original=0.25")  # noqa: E731
-    p = multiprocessing.get_context("fork").Process(target=_quiet_main, args=(args(killed),))
+    p = multiprocessing.get_context("spawn").Process(target=_quiet_main, args=(args(killed),))
     p.start()
 
     def kill_after_first_checkpoint():
@@ -349,9 +350,10 @@ def test_kill_and_resume_reaches_the_same_weights_bitwise(digits, tmp_path, caps
 
 
 def _quiet_main(argv: list[str]) -> None:
-    """``examples/train.py`` in a forked child, its JSON lines discarded."""
+    """``examples/train.py`` in a spawned child, its JSON lines discarded."""
     import contextlib
 
+    torch.set_num_threads(1)  # as tests/conftest.py sets this process: bitwise equality needs the same threads
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
         train_script.main(argv)
 
@@ -364,10 +366,10 @@ def _rank(rank: int, port: int, argv: list[str]) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_as_torchrun_starts_them(digits, tmp_path):
-    """Two ranks with torchrun's environment (RANK, WORLD_SIZE, MASTER_*), forked from this process (gloo).
+    """Two ranks with torchrun's environment (RANK, WORLD_SIZE, MASTER_*), spawned processes (gloo).
 
-    ``torchrun --nproc-per-node 2 examples/train.py ...`` sets exactly these variables; forking skips two
-    interpreter start-ups.
+    ``torchrun --nproc-per-node 2 examples/train.py ...`` sets exactly these variables. Spawned, not
+    forked: a fork of this process cannot run autograd once any earlier test has.
     """
     import multiprocessing
     import socket
@@ -377,7 +379,7 @@ def test_two_ranks_as_torchrun_starts_them(digits, tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
     argv = _args(digits, "plus", out, "--epochs", "1", "--set", "scheduler.warmup_epochs=0")
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     ranks = [ctx.Process(target=_rank, args=(r, port, argv)) for r in range(2)]
     for p in ranks:
         p.start()
