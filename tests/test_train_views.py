@@ -128,3 +128,37 @@ def test_records_per_decode_mistakes_are_usage_errors(store, tmp_path, capsys):
     assert "apply to mode plus" in capsys.readouterr().err
     with pytest.raises(ArgumentError, match="multiple"):
         _trainer(store, ("records_per_decode", 3))
+
+
+@pytest.mark.parametrize("extra", [(), ("--view-buffer", "32")], ids=["grouped", "spread"])
+def test_an_interrupted_m_run_resumes_to_the_uninterrupted_weights_bitwise(store, tmp_path, capsys, monkeypatch,
+                                                                          extra):
+    """Ctrl-C in the second pass of an ``M=2`` run (after the first pass's checkpoint); rerunning the command
+    resumes at pass 1 (record-epoch 2) and ends on the uninterrupted run's weights, log and step count."""
+    from safetensors.torch import load_file
+
+    argv = lambda out: _args(store, out, "--records-per-decode", "2", "--set", "p_original=0.25", *extra)  # noqa: E731
+    full_summary = train_script.main(argv(tmp_path / "full"))
+    real = train_script.Trainer.train_epoch
+
+    def interrupted(self, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, **kw)
+
+    monkeypatch.setattr(train_script.Trainer, "train_epoch", interrupted)
+    killed = tmp_path / "killed"
+    assert train_script.run(argv(killed)) == train_script.EXIT_INTERRUPTED
+    assert (killed / "checkpoint.safetensors").is_file() and not (killed / "model.safetensors").exists()
+    monkeypatch.setattr(train_script.Trainer, "train_epoch", real)
+    capsys.readouterr()
+    resumed = train_script.main(argv(killed))
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == {
+        "event": "resume", "from_epoch": 2, "checkpoint": str(killed / "checkpoint.safetensors")}
+    assert resumed["global_step"] == full_summary["global_step"] == 24 and resumed["passes"] == 2
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("epoch_seconds", "data_seconds", "images_per_s")
+    strip = lambda e: {k: v for k, v in json.loads(e).items() if k not in timing}  # noqa: E731
+    la, lb = ((d / "log.jsonl").read_text().splitlines() for d in (tmp_path / "full", killed))
+    assert [strip(e) for e in la] == [strip(e) for e in lb] and [json.loads(e)["pass"] for e in lb] == [1, 2]
