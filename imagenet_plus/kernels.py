@@ -18,7 +18,10 @@ integer resize). :func:`policy_kernel` says which family a policy config uses he
 The builder and the ml-dr importer record :func:`kernel_report` in ``manifest.reports`` under
 :data:`REPORT_KEY` (``"resize_kernel"``). It describes the machine, not the data, so it stays out
 of the build id: the same records built on two machines have one build id, and a store without
-the entry (built before it existed) opens and verifies unchanged, without a warning.
+the entry (built before it existed) opens and verifies unchanged, without a warning. The ranks of a
+distributed build compare their families before any shard is written and refuse to go on if they
+differ (:func:`imagenet_plus.builder.plan.check_ranks_agree_on_kernel`), so the recorded family is
+every shard's, not only rank 0's.
 :func:`check_replay_kernel` (called where the dataset and the ``datasets`` transform open a store)
 warns once per process, with a :class:`ResizeKernelWarning`, when the families differ.
 """

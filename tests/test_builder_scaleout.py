@@ -76,6 +76,36 @@ def test_torchrun_two_processes_is_byte_identical(reference, tmp_path):
     assert _digests(out) == reference
 
 
+def test_ranks_with_different_resize_kernels_refuse_before_any_shard(tmp_path):
+    """Two ranks (torchrun's variables, set by hand so one rank can differ): rank 1 forces torch's generic
+    CPU code (``ATEN_CPU_CAPABILITY=default``: the float resize kernel), rank 0 keeps this machine's. Both
+    stop with the same error naming each rank's family, before any shard is written."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "mixed"
+    cmd = [sys.executable, str(ROOT / "builders" / "build.py"), *ARGS, "--out", str(out)]
+    procs = []
+    for rank in range(2):
+        env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        if rank == 1:
+            env["ATEN_CPU_CAPABILITY"] = "default"
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    here = subprocess.run([sys.executable, "-c", "from imagenet_plus.kernels import resize_kernel as k; print(k())"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, check=True).stdout.strip()
+    assert here == "uint8", "this test needs a machine whose own kernel is the integer one"
+    for p, err in zip(procs, errs):
+        assert p.returncode != 0, err[-2000:]
+        assert "resize with different kernel families (rank 0: 'uint8', rank 1: 'float')" in err, err[-2000:]
+    assert not any(p.name.startswith("shard-") for p in (out / "reinforcements").glob("*"))
+    assert not (out / "manifest.json").exists()
+
+
 def test_sigkill_mid_build_then_resume_is_byte_identical(reference, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "builders" / "build.py"), *ARGS, "--out", str(out)]

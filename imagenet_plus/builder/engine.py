@@ -41,6 +41,7 @@ import torch
 from .._checks import check_choice, check_int
 from ..adapters import adapt
 from ..errors import ArgumentError, BuildError, StoreError
+from ..kernels import policy_kernel
 from ..schema import target_fields
 from ..store import MANIFEST_NAME, Manifest, ShardEntry, compute_teacher_id, read_shard_entry
 from .config import PIXEL_PATHS
@@ -48,7 +49,7 @@ from .checks import check_dataset, check_teacher_input, resolve_num_classes, res
 from .manifest import build_settings, collect_identity, create_manifest, write_store_files
 from .outdir import OutputFolder, shard_state_name
 from .pipeline import BuildStats, Pipeline, PipelineSpec
-from .plan import BuildPlan, Shard, barrier, create_plan, init_distributed
+from .plan import BuildPlan, Shard, barrier, check_ranks_agree_on_kernel, create_plan, init_distributed
 from .readback import Probe, check_store
 from .report import AgreementCounts, TeacherReport, create_report, resize_warnings
 from .teacher_run import TeacherRunner
@@ -277,6 +278,7 @@ def build_reinforcements(data, out, *, policy, teacher: Callable[[torch.Tensor],
                  world_size=world_size, extra=extra)
     if world_size > 1:
         init_distributed(b.device, rank, world_size)  # no-op when the caller initialised it; fails fast otherwise
+        check_ranks_agree_on_kernel(b.device, rank, world_size, policy_kernel(b.manifest.policy))
     lock = b.folder.take(rank, finish_leftover=lambda: _check_leftover(b))
     if lock is None:  # finished (by an earlier run, or another process meanwhile): nothing to do
         stats.already_finished = True

@@ -19,7 +19,8 @@ import torch
 from ..errors import BuildError
 from ..store import plan_shards, resolve_shard_shape, shard_filename
 
-__all__ = ["Shard", "SampleBlock", "BuildPlan", "create_plan", "resolve_dist_env", "init_distributed", "barrier"]
+__all__ = ["Shard", "SampleBlock", "BuildPlan", "create_plan", "resolve_dist_env", "init_distributed", "barrier",
+           "KERNEL_FAMILIES", "check_ranks_agree_on_kernel"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +165,38 @@ def barrier(device: torch.device) -> None:
         dist.barrier(device_ids=[device.index if device.index is not None else torch.cuda.current_device()])
     else:
         dist.barrier()
+
+
+#: The resize kernel families a rank can report (``imagenet_plus.kernels``), in a fixed order for the exchange.
+KERNEL_FAMILIES = ("uint8", "float", "nearest", "pil", "other")
+
+
+def check_ranks_agree_on_kernel(device: torch.device, rank: int, world_size: int, family: str) -> None:
+    """Refuse a build whose ranks would render pixels with different resize kernel families.
+
+    Every rank renders its own shards; on a cluster whose nodes differ (an x86 node below AVX2, or one
+    with ``ATEN_CPU_CAPABILITY=default``) some shards would be rendered with the float kernel and the
+    others with the integer one, so no machine could replay the whole store bit for bit, and the
+    manifest (written by rank 0) would name only rank 0's family. Each rank contributes its family
+    (:func:`imagenet_plus.kernels.policy_kernel`) to one ``all_gather``; if they differ, every rank raises
+    the same :class:`BuildError` before any shard is written. A collective: every rank must call it.
+    """
+    import torch.distributed as dist
+
+    if world_size <= 1:
+        return
+    code = KERNEL_FAMILIES.index(family) if family in KERNEL_FAMILIES else len(KERNEL_FAMILIES) - 1
+    here = torch.device(device) if device.type == "cuda" else torch.device("cpu")  # nccl gathers device tensors
+    mine = torch.tensor([code], dtype=torch.int64, device=here)
+    every = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(every, mine)
+    families = [KERNEL_FAMILIES[int(t.item())] for t in every]
+    if len(set(families)) > 1:
+        by_rank = ", ".join(f"rank {r}: {f!r}" for r, f in enumerate(families))
+        raise BuildError(
+            f"the ranks of this build resize with different kernel families ({by_rank}); their shards would "
+            "differ from what one machine replays by up to 1 grey level, and the store could not be replayed "
+            "bit for bit anywhere. Run every rank on machines of one kind: on x86 where torch reports AVX2 or "
+            "AVX512 (torch.backends.cpu.get_cpu_capability()) or on aarch64, with ATEN_CPU_CAPABILITY unset "
+            f"on every node, or with ATEN_CPU_CAPABILITY=default set on every node (this is rank {rank}, torch "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()})")
