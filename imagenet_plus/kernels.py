@@ -33,11 +33,13 @@ import platform
 import warnings
 from typing import Any, Mapping
 
-__all__ = ["REPORT_KEY", "ResizeKernelWarning", "resize_kernel", "policy_kernel", "kernel_report",
+__all__ = ["REPORT_KEY", "FAMILIES", "ResizeKernelWarning", "resize_kernel", "policy_kernel", "kernel_report",
            "recorded_kernel", "kernel_mismatch", "check_replay_kernel"]
 
 #: The key of the kernel report in ``manifest.reports``.
 REPORT_KEY = "resize_kernel"
+#: Every family :func:`policy_kernel` can return (a fixed order: ranks exchange them as indices).
+FAMILIES = ("uint8", "float", "nearest", "pil", "other")
 #: Flavours whose geometry resizes with Pillow (their records do not depend on torch's kernels).
 PIL_FLAVOURS = ("ml-dr",)
 _WARNED: set[tuple[str, str]] = set()

@@ -85,6 +85,9 @@ def test_ranks_with_different_resize_kernels_refuse_before_any_shard(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    here = subprocess.run([sys.executable, "-c", "from imagenet_plus.kernels import resize_kernel as k; print(k())"],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, check=True).stdout.strip()
+    assert here == "uint8", "this test needs a machine whose own kernel is the integer one"
     out = tmp_path / "mixed"
     cmd = [sys.executable, str(ROOT / "builders" / "build.py"), *ARGS, "--out", str(out)]
     procs = []
@@ -96,9 +99,6 @@ def test_ranks_with_different_resize_kernels_refuse_before_any_shard(tmp_path):
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True))
     errs = [p.communicate(timeout=300)[1] for p in procs]
-    here = subprocess.run([sys.executable, "-c", "from imagenet_plus.kernels import resize_kernel as k; print(k())"],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, check=True).stdout.strip()
-    assert here == "uint8", "this test needs a machine whose own kernel is the integer one"
     for p, err in zip(procs, errs):
         assert p.returncode != 0, err[-2000:]
         assert "resize with different kernel families (rank 0: 'uint8', rank 1: 'float')" in err, err[-2000:]

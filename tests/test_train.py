@@ -309,8 +309,8 @@ def test_kill_and_resume_reaches_the_same_weights_bitwise(digits, tmp_path, caps
 
     The killed run is a spawned child (a real process, killed mid-run; spawned, not forked, since a fork
     of a process that has run autograd cannot run it again, and any earlier test may have); the
-    uninterrupted run and the rerun are this process. Two DataLoader workers and p_original 0.25 (originals draw fresh params)
-    exercise the worker and epoch plumbing.
+    uninterrupted run and the rerun are this process. Two DataLoader workers and p_original 0.25
+    (originals draw fresh params) exercise the worker and epoch plumbing.
     """
     import multiprocessing
     import threading

@@ -20,7 +20,7 @@ from ..errors import BuildError
 from ..store import plan_shards, resolve_shard_shape, shard_filename
 
 __all__ = ["Shard", "SampleBlock", "BuildPlan", "create_plan", "resolve_dist_env", "init_distributed", "barrier",
-           "KERNEL_FAMILIES", "check_ranks_agree_on_kernel"]
+           "check_ranks_agree_on_kernel"]
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,6 @@ def barrier(device: torch.device) -> None:
         dist.barrier()
 
 
-#: The resize kernel families a rank can report (``imagenet_plus.kernels``), in a fixed order for the exchange.
-KERNEL_FAMILIES = ("uint8", "float", "nearest", "pil", "other")
-
-
 def check_ranks_agree_on_kernel(device: torch.device, rank: int, world_size: int, family: str) -> None:
     """Refuse a build whose ranks would render pixels with different resize kernel families.
 
@@ -183,14 +179,14 @@ def check_ranks_agree_on_kernel(device: torch.device, rank: int, world_size: int
     """
     import torch.distributed as dist
 
+    from ..kernels import FAMILIES
+
     if world_size <= 1:
         return
-    code = KERNEL_FAMILIES.index(family) if family in KERNEL_FAMILIES else len(KERNEL_FAMILIES) - 1
-    here = torch.device(device) if device.type == "cuda" else torch.device("cpu")  # nccl gathers device tensors
-    mine = torch.tensor([code], dtype=torch.int64, device=here)
+    mine = torch.tensor([FAMILIES.index(family)], device=device)  # on the device: nccl gathers device tensors
     every = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(every, mine)
-    families = [KERNEL_FAMILIES[int(t.item())] for t in every]
+    families = [FAMILIES[int(t)] for t in every]
     if len(set(families)) > 1:
         by_rank = ", ".join(f"rank {r}: {f!r}" for r, f in enumerate(families))
         raise BuildError(
